@@ -1,9 +1,9 @@
 """Packaging for minillm: every setting comes from settings.ini (the nbdev 2 convention)."""
-from pkg_resources import parse_version
 from configparser import ConfigParser
-import setuptools, shlex
+import setuptools, shlex, shutil
+from pathlib import Path
+from setuptools.command.build_py import build_py
 
-assert parse_version(setuptools.__version__) >= parse_version('36.2')
 config = ConfigParser(delimiters=['='])
 config.read('settings.ini', encoding='utf-8')
 cfg = config['DEFAULT']
@@ -24,7 +24,18 @@ lic = licenses[cfg['license'].lower()]
 min_python = cfg['min_python']
 lic_str = 'License :: ' + lic[1]
 
+
+class BuildWithChapters(build_py):
+    "Ship the chapter notebooks inside the package: `minillm pipeline` executes them with papermill."
+    def run(self):
+        super().run()
+        if getattr(self, 'editable_mode', False): return  # an editable install reads the repo's nbs/
+        dest = Path(self.build_lib)/'minillm'/'nbs'
+        dest.mkdir(parents=True, exist_ok=True)
+        for nb in sorted(Path('nbs').glob('0[1-7]_*.ipynb')): shutil.copy2(nb, dest/nb.name)
+
 setuptools.setup(
+    cmdclass={'build_py': BuildWithChapters},
     name=cfg['lib_name'],
     license=lic[0],
     classifiers=['Development Status :: ' + statuses[int(cfg['status'])],
