@@ -1,0 +1,160 @@
+"""The frame every chapter grows in: notebooks and library in sync, every notebook runs, the book builds
+and renders in a real browser, the two book configurations agree, the package installs cleanly."""
+import json, os, re, shutil, subprocess, sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+NBS = ROOT/'nbs'
+BIN = Path(sys.executable).parent
+CHAPTERS = sorted(p.stem for p in NBS.glob('0[1-9]_*.ipynb'))
+BUILD = NBS/'_build'
+
+
+def run(cmd, cwd=ROOT, timeout=600, env=None):
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def toc_files():
+    toc = yaml.safe_load((NBS/'_toc.yml').read_text())
+    files = [toc['root']]
+    for part in toc.get('parts', []):
+        files += [c['file'] for c in part['chapters']]
+    return files
+
+
+def quarto_files():
+    def walk(items):
+        for it in items:
+            if isinstance(it, str): yield Path(it).stem
+            else: yield from walk(it.get('chapters', []))
+    return list(walk(yaml.safe_load((ROOT/'_quarto.yml').read_text())['book']['chapters']))
+
+
+def test_toc_and_quarto_list_the_same_chapters():
+    assert toc_files() == quarto_files()
+    for f in toc_files(): assert (NBS/f'{f}.ipynb').exists(), f'{f} is in the table of contents but missing'
+    # every numbered notebook is a page of the book
+    assert set(CHAPTERS) <= set(toc_files())
+
+
+def test_notebooks_and_library_in_sync(tmp_path):
+    "nbdev_export and nbdev_clean change nothing (run on a copy, so the working tree is untouched)."
+    for f in ['settings.ini', 'setup.py']: shutil.copy2(ROOT/f, tmp_path/f)
+    shutil.copytree(NBS, tmp_path/'nbs', ignore=shutil.ignore_patterns('_build', '.ipynb_checkpoints'))
+    shutil.copytree(ROOT/'minillm', tmp_path/'minillm', ignore=shutil.ignore_patterns('__pycache__', 'data'))
+    for cmd in (['nbdev_export'], ['nbdev_clean']):
+        r = run([str(BIN/cmd[0])], cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+    changed = [str(p.relative_to(tmp_path)) for p in sorted(tmp_path.rglob('*'))
+               if p.is_file() and p.suffix in ('.py', '.ipynb') and '__pycache__' not in p.parts
+               and (not (ROOT/p.relative_to(tmp_path)).exists()
+                    or (ROOT/p.relative_to(tmp_path)).read_bytes() != p.read_bytes())]
+    assert changed == [], f'run nbdev_export and nbdev_clean, then commit: {changed}'
+
+
+@pytest.mark.parametrize('name', CHAPTERS + ['index', '00_core'])
+def test_notebook_skeleton(name):
+    "Every chapter has the book's skeleton and is committed clean, with real outputs and no errors."
+    path = NBS/f'{name}.ipynb'
+    nb = json.loads(path.read_text())
+    assert path.stat().st_size < 2_000_000, 'notebook too large: shrink images and outputs'
+    cells = nb['cells']
+    md = [''.join(c['source']) for c in cells if c['cell_type'] == 'markdown']
+    code = [c for c in cells if c['cell_type'] == 'code']
+    assert md and md[0].startswith('# '), 'the first cell is the H1 title'
+    assert re.search(r'^> ', md[0], re.M), 'the title has a one-line `>` subtitle'
+    for c in code:
+        for o in c.get('outputs', []):
+            assert o['output_type'] != 'error', f'error output committed: {o.get("evalue")}'
+        assert c.get('execution_count') is None, 'run nbdev_clean'
+    for block in re.findall(r'```[a-z]*\n(.*?)```', '\n'.join(md), re.S):
+        for line in block.splitlines():
+            assert len(line) <= 80, f'diagram or code line wider than 80 columns: {line!r}'
+    if name[:2].isdigit() and name != '00_core':
+        src = ''.join(code[0]['source'])
+        assert src.startswith('#| default_exp'), 'first code cell: #| default_exp'
+        assert 'remove-cell' in code[0].get('metadata', {}).get('tags', [])
+        text = '\n'.join(md)
+        assert 'TL;DR' in text, 'each chapter opens with a TL;DR'
+        params = [c for c in code if 'parameters' in c.get('metadata', {}).get('tags', [])]
+        if name <= '06':
+            assert len(params) == 1, 'one cell tagged parameters (papermill injects values after it)'
+        assert any(c.get('outputs') for c in code), 'committed with real outputs'
+
+
+def test_every_notebook_executes(tmp_path):
+    "nbdev_test runs every notebook top to bottom in a fresh kernel (cells marked slow are skipped)."
+    r = run([str(BIN/'nbdev_test'), '--n_workers', '1', '--timing'], timeout=1500,
+            env={'MINILLM_BOOK_DIR': os.environ.get('MINILLM_BOOK_DIR') or str(tmp_path/'book'),
+                 'MPLBACKEND': 'Agg'})
+    print(r.stdout[-3000:], r.stderr[-3000:])
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+
+
+@pytest.fixture(scope='module')
+def book():
+    "Build the book once, warnings as errors, from the committed outputs."
+    shutil.rmtree(BUILD, ignore_errors=True)
+    r = run([str(BIN/'jupyter-book'), 'build', str(NBS), '-W', '-n', '--keep-going'], timeout=900)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    return BUILD/'html'
+
+
+def test_book_builds_a_page_per_chapter_with_outputs(book):
+    for f in toc_files():
+        page = book/f'{f}.html'
+        assert page.exists(), f'no page for {f}'
+    for f in CHAPTERS:
+        html = (book/f'{f}.html').read_text()
+        assert 'cell_output' in html, f'{f}: stored outputs were not rendered'
+    index = (book/'index.html').read_text()
+    assert 'TL;DR' in index and 'SentencePiece tokenizer' in index
+
+
+CHROME_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
+                '--disable-background-networking', '--disable-component-update', '--disable-sync']
+
+
+def test_index_renders_in_a_real_browser(book, tmp_path):
+    "Headless Chromium opens the built index: its title and table of contents render; a screenshot is kept."
+    chrome = shutil.which('chromium') or shutil.which('chromium-browser')
+    if not chrome:
+        if os.environ.get('CI'): pytest.fail('chromium is not installed (.ci/run installs Debian\'s chromium)')
+        pytest.skip('chromium not installed')
+    url = (book/'index.html').as_uri()
+    base = [chrome, *CHROME_FLAGS, f'--user-data-dir={tmp_path/"profile"}', '--window-size=1280,1000']
+    dom = run(base + ['--dump-dom', url], timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    title = re.search(r'<title>(.*?)</title>', dom.stdout, re.S).group(1)
+    assert 'minillm' in title
+    nav = dom.stdout[dom.stdout.find('bd-sidebar'):]
+    for chapter in ['Corpus', 'Tokenizer', 'Model', 'Training', 'Generation', 'Pipeline']:
+        assert re.search(rf'toctree-l1[^>]*>\s*<a[^>]*>[^<]*{chapter}', nav), f'{chapter} missing from the TOC'
+    shot = book/'screenshot-index.png'
+    r = run(base + [f'--screenshot={shot}', url], timeout=120)
+    assert r.returncode == 0 and shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_pip_check():
+    r = run([sys.executable, '-m', 'pip', 'check'])
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_cli_version_and_help():
+    import minillm
+    r = run([str(BIN/'minillm'), '--version'])
+    assert r.returncode == 0 and r.stdout.strip() == f'minillm {minillm.__version__}'
+    r = run([str(BIN/'minillm'), '--help'])
+    assert r.returncode == 0
+    from minillm.core import build_parser
+    sub = next(a for a in build_parser()._actions if a.dest == 'command')
+    assert sub.choices, 'no subcommands registered'
+    for name in sub.choices:
+        assert re.search(rf'^\s+{name}\b', r.stdout, re.M), f'{name} not listed in --help'
+        assert re.search(rf'^\s+minillm {name}\b', r.stdout, re.M), f'no example for {name} in --help'
+    r = run([sys.executable, '-m', 'minillm', '--no-such-option'])
+    assert r.returncode == 1 and 'Traceback' not in r.stderr and 'usage:' in r.stderr
