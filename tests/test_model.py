@@ -1,0 +1,177 @@
+"Tests of minillm.model: causality, initial loss, overfitting, dtypes, the KV cache, saving, the formulas."
+import json, math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minillm.core import ExitCode, MinillmError
+from minillm.model import (MODEL_PRESETS, KVCache, MiniLLM, ModelConfig, count_params, flops_per_token,
+                           load_model, save_model)
+
+
+def tiny(**kw):
+    d = dict(vocab_size=97, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
+    d.update(kw)
+    return ModelConfig(**d)
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return MiniLLM(tiny()).eval()
+
+
+def test_presets_follow_the_contract():
+    assert {'nano', 'default'} <= set(MODEL_PRESETS)
+    nano = MODEL_PRESETS['nano']
+    assert (nano['n_layer'], nano['n_head'], nano['n_embd']) == (4, 4, 128)
+    for name, shape in MODEL_PRESETS.items():
+        cfg = ModelConfig(vocab_size=4096, **shape)
+        assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg, name
+
+
+def test_config_rejects_bad_shapes():
+    with pytest.raises(ValueError): ModelConfig(n_embd=100, n_head=3)
+    with pytest.raises(ValueError): ModelConfig(n_head=4, n_kv_head=3)
+    with pytest.raises(ValueError, match='n_layers'): ModelConfig.from_dict({'n_layers': 2})
+
+
+@pytest.mark.parametrize('n_kv_head', [4, 2, 1])
+def test_causality(n_kv_head):
+    torch.manual_seed(1)
+    m = MiniLLM(tiny(n_kv_head=n_kv_head)).eval()
+    idx = torch.randint(0, 97, (2, 32))
+    with torch.no_grad():
+        base, _ = m(idx)
+        for t in (0, 7, 30):
+            changed = idx.clone()
+            changed[:, t + 1] = (changed[:, t + 1] + 1) % 97
+            out, _ = m(changed)
+            torch.testing.assert_close(out[:, :t + 1], base[:, :t + 1])
+            assert not torch.allclose(out[:, t + 1], base[:, t + 1])  # the change is seen where it should be
+
+
+@pytest.mark.parametrize('vocab', [97, 4096])
+def test_initial_loss_is_about_log_vocab(vocab):
+    torch.manual_seed(2)
+    cfg = ModelConfig(vocab_size=vocab, **MODEL_PRESETS['nano'])
+    m = MiniLLM(cfg)
+    idx, targets = torch.randint(0, vocab, (4, 64)), torch.randint(0, vocab, (4, 64))
+    with torch.no_grad(): _, loss = m(idx, targets)
+    assert abs(loss.item() - math.log(vocab)) < 0.1 * math.log(vocab)
+
+
+def test_overfits_one_batch():
+    torch.manual_seed(3)
+    m = MiniLLM(tiny(n_layer=2, n_embd=64, n_kv_head=4))
+    idx = torch.randint(0, 97, (4, 17))
+    x, y = idx[:, :-1], idx[:, 1:]
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    for step in range(300):
+        _, loss = m(x, y)
+        opt.zero_grad(); loss.backward(); opt.step()
+    assert loss.item() < 0.05, loss.item()
+
+
+def test_ignore_index_and_loss_matches_cross_entropy(model):
+    idx, y = torch.randint(0, 97, (2, 8)), torch.randint(0, 97, (2, 8))
+    y[:, :3] = -1
+    logits, loss = model(idx, y)
+    torch.testing.assert_close(loss, F.cross_entropy(logits.reshape(-1, 97), y.reshape(-1), ignore_index=-1))
+    assert model(idx)[1] is None
+
+
+def test_shapes_and_dtypes(model):
+    idx, y = torch.randint(0, 97, (3, 16)), torch.randint(0, 97, (3, 16))
+    logits, loss = model(idx, y)
+    assert logits.shape == (3, 16, 97) and logits.dtype == torch.float32 and loss.dtype == torch.float32
+    model.train()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        logits, loss = model(idx, y)
+    assert logits.shape == (3, 16, 97) and logits.dtype == torch.bfloat16
+    assert loss.dtype == torch.float32 and loss.ndim == 0
+    loss.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+    # the cache works under bfloat16 weights too
+    m16 = MiniLLM(tiny()).to(torch.bfloat16).eval()
+    cache = m16.make_cache(3)
+    assert isinstance(cache, KVCache) and cache.k.dtype == torch.bfloat16
+    with torch.no_grad(): assert m16(idx, cache=cache)[0].dtype == torch.bfloat16
+    assert cache.pos == 16
+
+
+@pytest.mark.parametrize('n_kv_head', [4, 1])
+def test_kv_cache_equals_full_recompute(n_kv_head):
+    torch.manual_seed(4)
+    m = MiniLLM(tiny(n_kv_head=n_kv_head)).eval()
+    idx = torch.randint(0, 97, (2, 32))
+    with torch.no_grad():
+        full, _ = m(idx)
+        # prefill then one token at a time
+        cache = m.make_cache(2)
+        steps = [m(idx[:, :5], cache=cache)[0]] + [m(idx[:, t:t + 1], cache=cache)[0] for t in range(5, 32)]
+        torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
+        assert cache.pos == 32
+        # chunks of uneven sizes
+        cache = m.make_cache(2)
+        chunks = [m(idx[:, a:b], cache=cache)[0] for a, b in [(0, 1), (1, 8), (8, 11), (11, 12), (12, 32)]]
+        torch.testing.assert_close(torch.cat(chunks, 1), full, atol=1e-5, rtol=1e-4)
+        with pytest.raises(ValueError, match='block_size'): m(idx[:, :1], cache=cache)
+
+
+def test_save_load_round_trip_without_pickle(model, tmp_path, monkeypatch):
+    save_model(model, tmp_path / 'ckpt')
+    assert sorted(p.name for p in (tmp_path / 'ckpt').iterdir()) == ['config.json', 'model.safetensors']
+    assert json.loads((tmp_path / 'ckpt' / 'config.json').read_text()) == model.config.to_dict()
+    import pickle
+    def no_pickle(*a, **k): raise AssertionError('load_model must not unpickle')
+    monkeypatch.setattr(pickle, 'load', no_pickle)
+    monkeypatch.setattr(pickle, 'loads', no_pickle)
+    monkeypatch.setattr(torch, 'load', no_pickle)
+    loaded = load_model(tmp_path / 'ckpt')
+    assert loaded.config == model.config and not loaded.training
+    idx = torch.randint(0, 97, (2, 10))
+    with torch.no_grad(): torch.testing.assert_close(loaded(idx)[0], model(idx)[0], rtol=0, atol=0)
+    # untied heads round-trip too
+    untied = MiniLLM(tiny(tie_embeddings=False))
+    save_model(untied, tmp_path / 'untied')
+    assert load_model(tmp_path / 'untied').lm_head is not None
+
+
+def test_load_errors(model, tmp_path):
+    with pytest.raises(MinillmError, match='not found') as e: load_model(tmp_path)
+    assert e.value.exit_code == ExitCode.GENERATION
+    save_model(model, tmp_path)
+    (tmp_path / 'model.safetensors').write_bytes(b'not a safetensors file')
+    with pytest.raises(MinillmError) as e: load_model(tmp_path)
+    assert e.value.exit_code == ExitCode.GENERATION and '\n' not in str(e.value)
+    save_model(model, tmp_path)
+    cfg = model.config.to_dict(); cfg['n_embd'] = 64; cfg['n_head'] = 4
+    (tmp_path / 'config.json').write_text(json.dumps(cfg))
+    with pytest.raises(MinillmError, match='re-save'): load_model(tmp_path)
+
+
+@pytest.mark.parametrize('kw', [{}, dict(n_kv_head=1), dict(tie_embeddings=False)])
+def test_param_count_formula(kw):
+    for shape in [dict(tiny(**kw).to_dict()), dict(MODEL_PRESETS['default'], vocab_size=4096, **kw)]:
+        cfg = ModelConfig(**shape)
+        assert count_params(cfg) == sum(p.numel() for p in MiniLLM(cfg).parameters())
+
+
+@pytest.mark.parametrize('kw', [{}, dict(n_kv_head=1), dict(tie_embeddings=False)])
+def test_flops_formula_matches_flop_counter(kw):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+    cfg = tiny(**kw)
+    m = MiniLLM(cfg)
+    B, T = 2, cfg.block_size
+    idx = torch.randint(0, 97, (B, T))
+    # the math backend spells attention out as matmuls, which the counter sees (the fused CPU kernel it does not)
+    counter = FlopCounterMode(display=False)
+    with counter, sdpa_kernel(SDPBackend.MATH):
+        _, loss = m(idx, idx)
+        loss.backward()
+    assert counter.get_total_flops() == flops_per_token(cfg) * B * T
+    with FlopCounterMode(display=False) as fwd, torch.no_grad(), sdpa_kernel(SDPBackend.MATH): m(idx)
+    assert fwd.get_total_flops() == flops_per_token(cfg, training=False) * B * T
