@@ -371,3 +371,13 @@ def test_streaming_memory_is_flat(tmp_path):
         peaks.append(tracemalloc.get_traced_memory()[1]); tracemalloc.stop()
         assert n > 1000
     assert peaks[1] < 1.2 * peaks[0] and peaks[1] < 8 * 2**20, peaks
+
+
+def test_cli_downloads_from_a_local_mirror(tmp_path, mirror, capsys):
+    code = main(['corpus', '--books', '1,2', '--mirror', mirror, '--out', str(tmp_path/'o'),
+                 '--cache', str(tmp_path/'c'), '--val-fraction', '0.3'])
+    out = capsys.readouterr()
+    assert code == 0 and 'wrote' in out.out and '2 documents' in out.out
+    assert 'download' in out.err  # the one progress bar over bytes
+    m = read_manifest(tmp_path/'o')
+    assert m['val_fraction'] == 0.3 and [d['gutenberg_id'] for d in m['documents']] == [1, 2]
