@@ -63,6 +63,8 @@ def test_notebook_skeleton(name):
     nb = json.loads(path.read_text())
     assert path.stat().st_size < 2_000_000, 'notebook too large: shrink images and outputs'
     cells = nb['cells']
+    assert nb['metadata'].get('kernelspec', {}).get('language') == 'python', \
+        'keep the kernelspec (the book highlights code with it): run the notebook with papermill -k python3'
     md = [''.join(c['source']) for c in cells if c['cell_type'] == 'markdown']
     code = [c for c in cells if c['cell_type'] == 'code']
     assert md and md[0].startswith('# '), 'the first cell is the H1 title'
