@@ -203,3 +203,14 @@ def test_python_m_minillm_exit_code(tmp_path):
     r = subprocess.run([sys.executable, '-m', 'minillm', 'tokenizer', '--corpus', str(tmp_path), '--out',
                         str(tmp_path/'o')], capture_output=True, text=True)
     assert r.returncode == ExitCode.USAGE and 'minillm tokenizer: error: no corpus' in r.stderr
+
+
+def test_uint32_shards_above_65535_tokens(corpus, data, tmp_path, monkeypatch):
+    import minillm.tokenizer as T
+    real = T.Tokenizer.load.__func__
+    def big(cls, path, *a, **k):  # pretend the vocabulary is larger than uint16 can count
+        t = real(cls, path, *a, **k); t.vocab_size = 70_000; return t
+    monkeypatch.setattr(T.Tokenizer, 'load', classmethod(big))
+    meta = encode_shards(corpus, data/'tokenizer.model', tmp_path, progress=False)
+    assert meta['dtype'] == 'uint32' and (tmp_path/'train.bin').stat().st_size == 4 * meta['train_tokens']
+    assert load_shard(tmp_path, 'train').tolist() == load_shard(data, 'train').tolist()
