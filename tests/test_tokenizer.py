@@ -197,6 +197,15 @@ def test_corrupt_model(tmp_path):
     with pytest.raises(MinillmError, match='not a SentencePiece model') as e: Tokenizer.load(tmp_path)
     assert e.value.exit_code == ExitCode.TOKENIZER and '\n' not in str(e.value)
     with pytest.raises(MinillmError, match='no tokenizer at') as e: Tokenizer.load(tmp_path/'missing.model')
+    for broken in [b'', Path(__file__).read_bytes()]:  # an empty file, a text file
+        (tmp_path/'x.model').write_bytes(broken)
+        with pytest.raises(MinillmError, match='not a SentencePiece model'): Tokenizer.load(tmp_path/'x.model')
+
+
+def test_truncated_model(data, tmp_path):
+    (tmp_path/'t.model').write_bytes((data/'tokenizer.model').read_bytes()[:3000])
+    with pytest.raises(MinillmError, match='not a SentencePiece model') as e: Tokenizer.load(tmp_path/'t.model')
+    assert e.value.exit_code == ExitCode.TOKENIZER
 
 
 def test_python_m_minillm_exit_code(tmp_path):
