@@ -151,6 +151,9 @@ def test_truncated_shard_is_caught(data, tmp_path):
     d = shutil.copytree(data, tmp_path/'d')
     (d/'val.bin').write_bytes((d/'val.bin').read_bytes()[:-2])
     with pytest.raises(MinillmError, match='truncated'): check_shards(d)
+    (d/'meta.json').write_text('{"vocab_size": 600')
+    with pytest.raises(MinillmError, match='not valid JSON') as e: check_shards(d, exit_code=ExitCode.TRAINING)
+    assert e.value.exit_code == ExitCode.TRAINING
     (d/'meta.json').unlink()
     with pytest.raises(MinillmError, match='meta.json is missing') as e: read_meta(d)
     assert e.value.exit_code == ExitCode.USAGE
