@@ -39,6 +39,8 @@ def atomic_write(path, mode: str = 'w', encoding: str | None = 'utf-8'):
     "Open a temporary file beside `path`; on success flush, fsync and rename it over `path`."
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    umask = os.umask(0); os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; give the usual permissions
     try:
         with os.fdopen(fd, mode, encoding=None if 'b' in mode else encoding) as f:
             yield f
