@@ -1,0 +1,288 @@
+"""Chapter 6, pipeline: the papermill runner on stand-in notebooks (every exit code, the resume prompt,
+argument and prerequisite errors), real chapter failures, and one end-to-end run of the real chapters."""
+import builtins, http.server, json, lzma, os, shutil, subprocess, sys, threading
+from pathlib import Path
+
+import pytest
+
+import minillm.pipeline as pl
+from minillm.core import ExitCode, MinillmError, main
+
+ROOT = Path(__file__).resolve().parent.parent
+NBS = ROOT/'nbs'
+HAVE_CHAPTERS = all((NBS/p.notebook).exists() for p in pl.PHASES)
+needs_chapters = pytest.mark.skipif(not HAVE_CHAPTERS, reason='chapter notebooks 01-05 are not all in nbs/ yet')
+FAST = ['--min-free-disk', '0.01']
+
+
+def pipeline(capsys, *args):
+    "Run `minillm pipeline ARGS` in-process; return (exit code, stdout, stderr)."
+    code = main(['pipeline', *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope='module')
+def standins(tmp_path_factory):
+    return pl.make_standin_notebooks(tmp_path_factory.mktemp('standin')/'nbs')
+
+
+def mixed_notebooks(folder, real=(), fail=''):
+    "Stand-in notebooks, with the phases named in `real` replaced by the real chapters."
+    folder = pl.make_standin_notebooks(folder, fail=fail)
+    for p in pl.PHASES:
+        if p.name in real: shutil.copy(NBS/p.notebook, folder/p.notebook)
+    return folder
+
+
+# ---------------------------------------------------------------- the runner on stand-in notebooks
+
+def test_standin_run_report_and_skips(tmp_path, standins, capsys, monkeypatch):
+    run = tmp_path/'run'
+    code, out, err = pipeline(capsys, '--run-dir', run, '--notebooks', standins, '--epochs', 3, *FAST)
+    assert code == 0, err
+    for p in pl.PHASES: assert (run/'notebooks'/p.notebook).exists()
+    assert out.count('(started 20') == 5 and out.count(' done in ') == 5
+    assert f'report: {run}/report.md' in out and 'sample: To be or not' in out
+    s = json.loads((run/'summary.json').read_text())
+    assert s['config']['epochs'] == 3 and s['training'] == {'val_loss': 3.2, 'epochs': 3}
+    assert set(s['phase_seconds']) == {p.name for p in pl.PHASES} and s['validation']['passed'] is True
+    assert s['versions']['torch'] and s['versions']['python']
+    report = (run/'report.md').read_text()
+    assert '## Samples' in report and 'To be or not' in report and '| epochs | 3 |' in report
+    # the executed notebook records the injected parameters
+    nb = json.loads((run/'notebooks'/'04_training.ipynb').read_text())
+    assert any('injected-parameters' in c['metadata'].get('tags', []) and 'epochs = 3' in ''.join(c['source'])
+               for c in nb['cells'])
+    # a second run: checkpoints exist and there is no terminal, so it refuses ...
+    monkeypatch.setattr(pl, '_interactive', lambda: False)
+    code, out, err = pipeline(capsys, '--run-dir', run, '--notebooks', standins, *FAST)
+    assert code == 1 and 'no terminal to ask; pass --resume' in err and '--force-restart' in err
+    # ... and with --resume, corpus and tokenizer are skipped because their inputs did not change
+    code, out, err = pipeline(capsys, '--run-dir', run, '--notebooks', standins, '--resume', *FAST)
+    assert code == 0, err
+    assert 'corpus: skipped (outputs in' in out and 'tokenizer: skipped' in out
+    assert json.loads((run/'summary.json').read_text())['skipped_phases'] == ['corpus', 'tokenizer']
+
+
+def test_failure_in_a_phase_maps_to_its_exit_code(tmp_path, capsys):
+    nbs = pl.make_standin_notebooks(tmp_path/'nbs', fail='model')
+    code, out, err = pipeline(capsys, '--run-dir', tmp_path/'run', '--notebooks', nbs, *FAST)
+    assert code == ExitCode.TRAINING
+    nb = tmp_path/'run'/'notebooks'/'03_model.ipynb'
+    assert err.strip() == (f'minillm pipeline: error: stand-in model failure; nothing to do (executed notebook: '
+                           f'{nb})')
+    assert nb.exists() and 'Traceback' not in err and not (tmp_path/'run'/'notebooks'/'04_training.ipynb').exists()
+
+
+def test_run_notebook_errors(tmp_path):
+    pl.check_kernel()
+    pl.make_notebook(tmp_path/'a.ipynb', 'x = 1', 'raise ValueError(f"bad x={x}")')
+    with pytest.raises(MinillmError) as e: pl.run_notebook(tmp_path/'a.ipynb', tmp_path/'o.ipynb', {'x': 7}, 3, quiet=True)
+    assert e.value.exit_code == 3 and str(e.value) == f'ValueError: bad x=7 (executed notebook: {tmp_path/"o.ipynb"})'
+    pl.make_notebook(tmp_path/'b.ipynb', 'x = 1', 'raise KeyboardInterrupt')
+    with pytest.raises(MinillmError) as e: pl.run_notebook(tmp_path/'b.ipynb', tmp_path/'p.ipynb', {}, 4, quiet=True)
+    assert e.value.exit_code == ExitCode.INTERRUPTED and '--resume' in str(e.value)
+
+
+def test_output_streams_while_the_notebook_runs(tmp_path, capfd):
+    "Each line reaches the console when the kernel prints it, not when the notebook ends."
+    import time
+    pl.check_kernel()
+    pl.make_notebook(tmp_path/'s.ipynb', 'n = 2', "import time\nfor i in range(n): print('tick', i, flush=True); time.sleep(1)")
+    seen = []
+    class Console:
+        def write(self, s): seen.append((time.perf_counter(), s))
+        def flush(self): pass
+    old, sys.stdout = sys.stdout, Console()
+    try: pl.run_notebook(tmp_path/'s.ipynb', tmp_path/'o.ipynb', {}, 2); end = time.perf_counter()
+    finally: sys.stdout = old
+    ticks = [t for t, s in seen if 'tick' in s]
+    assert len(ticks) == 2 and end - ticks[0] > 0.8
+
+
+# ---------------------------------------------------------------- resume prompt (no kernels: notebooks recorded)
+
+@pytest.fixture
+def recorded(tmp_path, standins, monkeypatch):
+    "A run directory with checkpoints; `run_notebook` only records each phase's parameters."
+    run = tmp_path/'run'; (run/'train'/'checkpoints'/'last').mkdir(parents=True)
+    calls = {}
+    def fake(src, dest, params, code, cwd=None, quiet=False): calls[Path(src).stem] = params
+    monkeypatch.setattr(pl, 'run_notebook', fake)
+    return run, calls
+
+
+@pytest.mark.parametrize('answer, code', [('y', 0), ('yes', 0), ('n', 1), ('', 1)])
+def test_resume_prompt_on_a_terminal(recorded, standins, capsys, monkeypatch, answer, code):
+    run, calls = recorded
+    asked = []
+    monkeypatch.setattr(pl, '_interactive', lambda: True)
+    monkeypatch.setattr(builtins, 'input', lambda q: asked.append(q) or answer)
+    got, out, err = pipeline(capsys, '--run-dir', run, '--notebooks', standins, *FAST)
+    assert asked == ['Found existing checkpoints. Resume training? [y/N] ']
+    assert got == code
+    if code == 0: assert calls['04_training']['resume'] is True and calls['04_training']['force_restart'] is False
+    else: assert not calls and 'not resuming' in err and '--force-restart' in err
+
+
+@pytest.mark.parametrize('flag', ['--resume', '--force-restart'])
+def test_resume_flags_need_no_terminal(recorded, standins, capsys, monkeypatch, flag):
+    run, calls = recorded
+    monkeypatch.setattr(pl, '_interactive', lambda: False)
+    monkeypatch.setattr(builtins, 'input', lambda q: pytest.fail('asked without a terminal'))
+    code, out, err = pipeline(capsys, '--run-dir', run, '--notebooks', standins, flag, *FAST)
+    assert code == 0, err
+    assert calls['04_training'][flag.strip('-').replace('-', '_')] is True
+
+
+def test_resume_refused_without_terminal(recorded, standins, capsys, monkeypatch):
+    run, calls = recorded
+    monkeypatch.setattr(pl, '_interactive', lambda: False)
+    code, out, err = pipeline(capsys, '--run-dir', run, '--notebooks', standins, *FAST)
+    assert code == 1 and not calls
+    assert err.strip() == (f'minillm pipeline: error: found existing checkpoints in {run}/train/checkpoints and no '
+                           'terminal to ask; pass --resume to continue training or --force-restart to start over')
+    code, out, err = pipeline(capsys, '--run-dir', run, '--notebooks', standins, '--resume', '--force-restart', *FAST)
+    assert code == 1 and 'contradict' in err
+
+
+def test_interrupt_exits_130(tmp_path, standins, capsys, monkeypatch):
+    def interrupted(*a, **k): raise KeyboardInterrupt
+    monkeypatch.setattr(pl, 'run_notebook', interrupted)
+    code, out, err = pipeline(capsys, '--run-dir', tmp_path/'run', '--notebooks', standins, *FAST)
+    assert code == 130 and 'interrupted during corpus' in err and '--resume' in err
+
+
+def test_parameters_reach_the_phases(recorded, standins, capsys):
+    run, calls = recorded
+    code, out, err = pipeline(capsys, '--run-dir', run, '--notebooks', standins, '--force-restart', '--epochs', 5,
+                              '--batch-size', 8, '--learning-rate', 1e-3, '--vocab-size', 300, '--books', '11,12',
+                              '--mirror', 'http://127.0.0.1:9', '--device', 'cpu', '--max-time', '10m',
+                              '--model', 'nano', '--validation-param', 'min_word_fraction=0.9', *FAST)
+    assert code == 0, err
+    r = str(run.resolve())
+    assert calls['01_corpus'] == dict(out_dir=f'{r}/corpus', books='11,12', mirror='http://127.0.0.1:9')
+    assert calls['02_tokenizer'] == dict(corpus_dir=f'{r}/corpus', out_dir=f'{r}/data', vocab_size=300, show_stats=False)
+    assert calls['03_model'] == dict(show_benchmarks=False)
+    assert calls['04_training'] == dict(data_dir=f'{r}/data', out_dir=f'{r}/train', epochs=5, batch_size=8,
+                                        learning_rate=1e-3, model='nano', device='cpu', max_time='10m',
+                                        resume=False, force_restart=True)
+    assert calls['05_generation'] == dict(checkpoint_dir=f'{r}/train', data_dir=f'{r}/data', corpus_dir=f'{r}/corpus',
+                                          report_path=f'{r}/validation.json', min_word_fraction=0.9)
+
+
+# ---------------------------------------------------------------- arguments and prerequisites
+
+@pytest.mark.parametrize('args, message', [
+    (['--no-such-option'], 'unrecognized arguments: --no-such-option'),
+    (['--epochs'], 'argument --epochs: expected one argument'),
+    (['--epochs', 'many'], "argument --epochs: not a number: 'many'"),
+    (['--learning-rate', '1e-3x'], "argument --learning-rate: not a number: '1e-3x'"),
+    (['--batch-size', '0'], "argument --batch-size: must be positive: '0'"),
+    (['--validation-param', 'oops'], "'oops' is not NAME=VALUE"),
+])
+def test_argument_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as e: main(['pipeline', *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.startswith('usage: minillm') and message in err
+    assert 'Traceback' not in err
+
+
+def test_argument_error_in_a_real_process(tmp_path):
+    r = subprocess.run([sys.executable, '-m', 'minillm', 'pipeline', '--epochs', 'x'], capture_output=True,
+                       text=True, cwd=tmp_path)
+    assert r.returncode == 1 and 'usage: minillm pipeline' in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_help_shows_defaults_and_examples(capsys):
+    with pytest.raises(SystemExit) as e: main(['pipeline', '--help'])
+    out = ' '.join(capsys.readouterr().out.split())
+    assert e.value.code == 0
+    for text in ['(default: 20)', '(default: 32)', '(default: 0.0003)', '(default: runs/default)', '(default: 2.0)',
+                 '(default: 4096)', '(default: auto)', '--resume', '--force-restart', '--skip-corpus', '--books',
+                 '--mirror', '--max-time', '--device', 'minillm pipeline --epochs 5', 'minillm pipeline --run-dir runs/quick --resume']:
+        assert text in out, text
+
+
+@pytest.mark.parametrize('setup, args, message', [
+    (None, ['--min-free-disk', '100000'], 'not enough free disk'),
+    ('file', [], 'run directory'),
+    (None, ['--notebooks', '/nonexistent'], 'chapter notebooks not found in /nonexistent'),
+    ('package', [], 'missing Python packages: no_such_package_xyz; install them with'),
+    ('python', [], 'is too old: minillm needs 3.10 or newer'),
+    ('kernel', [], 'no Jupyter kernel for the notebooks'),
+    ('skip', ['--skip-corpus'], '--skip-corpus: no intact corpus'),
+])
+def test_prerequisites(setup, args, message, tmp_path, standins, capsys, monkeypatch):
+    run = tmp_path/'run'
+    if setup == 'file': run.write_text('not a directory')
+    if setup == 'package': monkeypatch.setattr(pl, 'REQUIRED_PACKAGES', ['numpy', 'no_such_package_xyz'])
+    if setup == 'python': monkeypatch.setattr(sys, 'version_info', (3, 9, 0))
+    if setup == 'kernel':
+        from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+        def missing(self, name): raise NoSuchKernel(name)
+        monkeypatch.setattr(KernelSpecManager, 'get_kernel_spec', missing)
+    ran = []
+    monkeypatch.setattr(pl, 'run_notebook', lambda *a, **k: ran.append(a))
+    code, out, err = pipeline(capsys, '--run-dir', run, '--notebooks', standins, *FAST, *args)
+    assert code == 1 and message in err and not ran, err
+    assert err.count('\n') == 1 and 'Traceback' not in err
+
+
+# ---------------------------------------------------------------- the real chapters
+
+BOOK = None
+
+def tiny_book(lines: int = 1000) -> bytes:
+    "About `lines` lines of the bundled Shakespeare, as one plain-text book."
+    text = lzma.open(sorted((ROOT/'minillm'/'data').glob('*.txt.xz'))[0]).read().decode()
+    return '\n'.join(text.splitlines()[:lines]).encode()
+
+
+class Mirror(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args): pass
+    def do_GET(self):
+        body = tiny_book() if self.path == '/cache/epub/1/pg1.txt' else b'not found'
+        self.send_response(200 if body != b'not found' else 404)
+        self.send_header('Content-Type', 'text/plain'); self.send_header('Content-Length', str(len(body)))
+        self.end_headers(); self.wfile.write(body)
+
+
+@pytest.fixture(scope='module')
+def mirror():
+    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Mirror)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f'http://127.0.0.1:{srv.server_address[1]}'
+    srv.shutdown(); srv.server_close()
+
+
+@pytest.fixture(autouse=True)
+def download_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv('MINILLM_CACHE', str(tmp_path/'cache'))  # the kernels inherit it
+
+
+def closed_port() -> int:
+    import socket
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+def test_unreachable_mirror_is_exit_2(tmp_path, capsys):
+    nbs = mixed_notebooks(tmp_path/'nbs', real={'corpus'})
+    mirror = f'http://127.0.0.1:{closed_port()}'
+    code, out, err = pipeline(capsys, '--run-dir', tmp_path/'run', '--notebooks', nbs, '--books', 1, '--mirror', mirror, *FAST)
+    assert code == ExitCode.CORPUS, err
+    last = err.strip().splitlines()[-1]  # before it: what the notebook itself printed on stderr
+    assert last.startswith('minillm pipeline: error: cannot reach') and mirror in last
+    assert last.endswith(f'(executed notebook: {tmp_path}/run/notebooks/01_corpus.ipynb)')
+
+
+def test_impossible_vocab_size_is_exit_3(tmp_path, capsys, mirror):
+    nbs = mixed_notebooks(tmp_path/'nbs', real={'corpus', 'tokenizer'})
+    code, out, err = pipeline(capsys, '--run-dir', tmp_path/'run', '--notebooks', nbs, '--books', 1, '--mirror', mirror,
+                              '--vocab-size', 60000, *FAST)
+    assert code == ExitCode.TOKENIZER, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith('minillm pipeline: error: vocabulary size 60000 is too large for this corpus') and '--vocab-size' in last
+    assert last.endswith(f'(executed notebook: {tmp_path}/run/notebooks/02_tokenizer.ipynb)')
+    assert (tmp_path/'run'/'corpus'/'corpus.txt').exists()
