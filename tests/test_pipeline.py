@@ -277,12 +277,45 @@ def test_unreachable_mirror_is_exit_2(tmp_path, capsys):
     assert last.endswith(f'(executed notebook: {tmp_path}/run/notebooks/01_corpus.ipynb)')
 
 
-def test_impossible_vocab_size_is_exit_3(tmp_path, capsys, mirror):
-    nbs = mixed_notebooks(tmp_path/'nbs', real={'corpus', 'tokenizer'})
-    code, out, err = pipeline(capsys, '--run-dir', tmp_path/'run', '--notebooks', nbs, '--books', 1, '--mirror', mirror,
-                              '--vocab-size', 60000, *FAST)
+@pytest.fixture(scope='module')
+def prepared(tmp_path_factory, mirror):
+    "A run directory with a real tiny corpus and real token shards (chapters 1 and 2; stand-ins after them)."
+    tmp = tmp_path_factory.mktemp('prepared')
+    nbs = mixed_notebooks(tmp/'nbs', real={'corpus', 'tokenizer'})
+    env = dict(os.environ, MINILLM_CACHE=str(tmp/'cache'))
+    r = subprocess.run([sys.executable, '-m', 'minillm', 'pipeline', '--run-dir', str(tmp/'run'), '--notebooks', str(nbs),
+                        '--books', '1', '--mirror', mirror, '--vocab-size', '512', *FAST], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    shutil.rmtree(tmp/'run'/'train'); (tmp/'run'/'validation.json').unlink()
+    return tmp/'run'
+
+
+def copy_run(src, dest, parts=('corpus', 'data', 'pipeline_state.json')):
+    dest.mkdir(parents=True)
+    for p in parts:
+        (shutil.copytree if (src/p).is_dir() else shutil.copy)(src/p, dest/p)
+    return dest
+
+
+def test_impossible_vocab_size_is_exit_3(tmp_path, capsys, prepared):
+    run = copy_run(prepared, tmp_path/'run', ['corpus'])
+    nbs = mixed_notebooks(tmp_path/'nbs', real={'tokenizer'})
+    code, out, err = pipeline(capsys, '--run-dir', run, '--notebooks', nbs, '--skip-corpus', '--vocab-size', 60000, *FAST)
     assert code == ExitCode.TOKENIZER, err
+    assert f'corpus: skipped (--skip-corpus: reusing {run}/corpus)' in out
     last = err.strip().splitlines()[-1]
     assert last.startswith('minillm pipeline: error: vocabulary size 60000 is too large for this corpus') and '--vocab-size' in last
-    assert last.endswith(f'(executed notebook: {tmp_path}/run/notebooks/02_tokenizer.ipynb)')
-    assert (tmp_path/'run'/'corpus'/'corpus.txt').exists()
+    assert last.endswith(f'(executed notebook: {run}/notebooks/02_tokenizer.ipynb)')
+
+
+def test_unwritable_checkpoint_dir_is_exit_4(tmp_path, capsys, prepared):
+    run = copy_run(prepared, tmp_path/'run')
+    (run/'train').mkdir(); (run/'train'/'checkpoints').write_text('a file where the checkpoints should go')
+    nbs = mixed_notebooks(tmp_path/'nbs', real={'training'})
+    code, out, err = pipeline(capsys, '--run-dir', run, '--notebooks', nbs, '--skip-corpus', '--vocab-size', 512,
+                              '--epochs', 1, '--model', 'tiny', *FAST)
+    assert code == ExitCode.TRAINING, err
+    assert 'corpus: skipped' in out and 'tokenizer: skipped (outputs in' in out  # copied with its fingerprint
+    last = err.strip().splitlines()[-1]
+    assert 'checkpoints' in last and 'not writable' in last, last
+    assert last.endswith(f'(executed notebook: {run}/notebooks/04_training.ipynb)')
