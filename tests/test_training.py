@@ -1,0 +1,261 @@
+"Training: layout, exact resume after SIGTERM / SIGKILL / a step limit, DDP on 2 CPU processes, every bad input."
+import hashlib, json, os, shutil, signal, subprocess, sys, time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from minillm.core import main, ExitCode
+from minillm.training import TrainConfig, train
+
+VOCAB = 64
+TINY = ['--model', 'tiny', '--n-layer', '1', '--n-embd', '32', '--n-head', '2', '--block-size', '16',
+        '--batch-size', '8', '--dtype', 'float32', '--device', 'cpu', '--warmup', '10', '--learning-rate', '3e-3',
+        '--eval-batches', '2', '--quiet']
+ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+
+
+def make_shards(d: Path, n_train: int = 4000, n_val: int = 600, seed: int = 0, tokenizer: bytes = b'fake tokenizer') -> Path:
+    "Token shards in the format of chapter 2 (uint16 .bin + meta.json + tokenizer.model), from a learnable sequence."
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    nxt = rng.integers(0, VOCAB, (VOCAB, 2))                     # each token has two likely successors
+    toks = [0]
+    for _ in range(n_train + n_val - 1): toks.append(int(nxt[toks[-1], rng.integers(2)]) if rng.random() > .1 else int(rng.integers(VOCAB)))
+    arr = np.array(toks, dtype=np.uint16)
+    arr[:n_train].tofile(d / 'train.bin'); arr[n_train:].tofile(d / 'val.bin')
+    (d / 'tokenizer.model').write_bytes(tokenizer)
+    meta = dict(vocab_size=VOCAB, dtype='uint16', train_tokens=n_train, val_tokens=n_val, train_bytes=3 * n_train,
+                val_bytes=3 * n_val, tokenizer_sha256=hashlib.sha256(tokenizer).hexdigest(), corpus_sha256='0' * 64,
+                corpus_dir='none')
+    (d / 'meta.json').write_text(json.dumps(meta))
+    return d
+
+
+@pytest.fixture(scope='module')
+def shards(tmp_path_factory) -> Path:
+    return make_shards(tmp_path_factory.mktemp('shards'))
+
+
+@pytest.fixture(scope='module')
+def big_shards(tmp_path_factory) -> Path:
+    "Enough tokens that an interrupted run is still running when the signal arrives."
+    return make_shards(tmp_path_factory.mktemp('big'), n_train=40000)
+
+
+def weights(run: Path, name: str = 'last') -> dict:
+    return load_file(str(run / 'checkpoints' / name / 'model.safetensors'))
+
+
+def assert_same_weights(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a: assert torch.equal(a[k], b[k]), f'{k} differs'
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, '-m', 'minillm', 'train', *args], env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def run_main(capsys, *args) -> tuple[int, str]:
+    code = main(['train', *args])
+    return code, capsys.readouterr().err
+
+
+# --- a normal run -------------------------------------------------------------------------------------------
+
+def test_train_layout_and_learning(shards, tmp_path):
+    out = tmp_path / 'run'
+    s = train(TrainConfig(data_dir=str(shards), out_dir=str(out), epochs=4, batch_size=8, learning_rate=3e-3,
+                          model='tiny', n_layer=1, n_embd=32, n_head=2, block_size=16, device='cpu', dtype='float32',
+                          warmup=10, eval_every=10, eval_batches=2, progress=False))
+    assert s['status'] == 'complete' and s['epochs_done'] == 4 and s['steps'] == 4 * (4000 // 16 // 8)
+    for f in ('metrics.jsonl', 'summary.json', 'loss.png'): assert (out / f).is_file(), f
+    for ck in ('last', 'best'):
+        names = {p.name for p in (out / 'checkpoints' / ck).iterdir()}
+        assert {'model.safetensors', 'config.json', 'tokenizer.model', 'train_config.json', 'optimizer.safetensors',
+                'state.json'} <= names
+    assert (out / 'checkpoints' / 'last' / 'tokenizer.model').read_bytes() == b'fake tokenizer'
+    metrics = [json.loads(l) for l in (out / 'metrics.jsonl').read_text().splitlines()]
+    assert len(metrics) == s['steps'] // 10 + 1
+    assert {'epoch', 'step', 'tokens', 'train_loss', 'val_loss', 'val_bpb', 'lr', 'tokens_per_s', 'elapsed'} <= metrics[0].keys()
+    assert metrics[-1]['val_loss'] < metrics[0]['val_loss'] - 0.5          # it learned the bigram structure
+    assert metrics[-1]['val_loss'] < np.log(VOCAB) - 1
+    assert s['best_val_loss'] == min(m['val_loss'] for m in metrics) or abs(s['best_val_loss'] - min(m['val_loss'] for m in metrics)) < 1e-4
+    from minillm.model import load_model
+    model = load_model(out / 'checkpoints' / 'best')
+    assert model.config.n_embd == 32 and model.config.vocab_size == VOCAB
+
+
+# --- exact resume -------------------------------------------------------------------------------------------
+
+def test_resume_after_max_steps_is_bitwise_exact(shards, tmp_path):
+    args = [*TINY, '--data', str(shards), '--epochs', '3', '--checkpoint-every', '2', '--eval-every', '7']
+    ref, cut = tmp_path / 'ref', tmp_path / 'cut'
+    assert cli(*args, '--out', str(ref)).returncode == 0
+    r = cli(*args, '--out', str(cut), '--max-steps', '40')                  # stops mid-epoch 2, resumably
+    assert r.returncode == 0 and 'max_steps' in r.stderr
+    assert json.loads((cut / 'checkpoints' / 'last' / 'state.json').read_text())['global_step'] == 40
+    r = cli(*args, '--out', str(cut), '--resume')
+    assert r.returncode == 0, r.stderr
+    assert_same_weights(weights(ref), weights(cut))
+    assert_same_weights(weights(ref, 'best'), weights(cut, 'best'))
+    strip = lambda p: [{k: v for k, v in json.loads(l).items() if k not in ('elapsed', 'tokens_per_s')}
+                       for l in (p / 'metrics.jsonl').read_text().splitlines()]
+    assert strip(ref) == strip(cut)                                         # the same metrics, line for line
+
+
+def _start(args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, '-m', 'minillm', 'train', *args], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(pred, proc, timeout=120):
+    t0 = time.time()
+    while not pred():
+        assert proc.poll() is None, f'run ended early: {proc.communicate()}'
+        assert time.time() - t0 < timeout
+        time.sleep(0.02)
+
+
+def test_resume_after_sigterm_is_bitwise_exact(big_shards, tmp_path):
+    args = [*TINY, '--data', str(big_shards), '--epochs', '2', '--eval-every', '50']
+    ref, cut = tmp_path / 'ref', tmp_path / 'cut'
+    p = _start([*args, '--out', str(cut)])
+    _wait_for(lambda: (cut / 'metrics.jsonl').is_file() and (cut / 'metrics.jsonl').read_text().count('\n') >= 1, p)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == ExitCode.INTERRUPTED, err
+    assert 'stopped by SIGTERM' in err and '--resume' in err
+    state = json.loads((cut / 'checkpoints' / 'last' / 'state.json').read_text())
+    assert 0 < state['global_step'] < 2 * (40000 // 16 // 8)
+    assert cli(*args, '--out', str(ref)).returncode == 0
+    r = cli(*args, '--out', str(cut), '--resume')
+    assert r.returncode == 0, r.stderr
+    assert_same_weights(weights(ref), weights(cut))
+
+
+def test_resume_after_sigkill_is_bitwise_exact(big_shards, tmp_path):
+    args = [*TINY, '--data', str(big_shards), '--epochs', '3', '--checkpoint-every', '1', '--eval-every', '100']
+    ref, cut = tmp_path / 'ref', tmp_path / 'cut'
+    p = _start([*args, '--out', str(cut)])
+    state = cut / 'checkpoints' / 'last' / 'state.json'
+    _wait_for(lambda: state.is_file(), p)
+    time.sleep(0.3)
+    p.kill(); p.communicate()                                              # SIGKILL: nothing is saved on the way out
+    assert json.loads(state.read_text())['epoch'] >= 1                     # the last good checkpoint is readable
+    r = cli(*args, '--out', str(cut), '--resume')
+    assert r.returncode == 0, r.stderr
+    assert cli(*args, '--out', str(ref)).returncode == 0
+    assert_same_weights(weights(ref), weights(cut))
+
+
+def test_interrupted_swap_is_recovered(shards, tmp_path):
+    "A kill between the two renames of a checkpoint swap leaves `.old-last`; the next start puts it back."
+    out = tmp_path / 'run'
+    assert cli(*TINY, '--data', str(shards), '--out', str(out), '--epochs', '1').returncode == 0
+    ck = out / 'checkpoints'
+    os.replace(ck / 'last', ck / '.old-last')
+    (ck / '.tmp-last-x').mkdir()                                           # a half-written new checkpoint
+    r = cli(*TINY, '--data', str(shards), '--out', str(out), '--epochs', '2', '--resume')
+    assert r.returncode == 0, r.stderr
+    assert not (ck / '.old-last').exists() and not (ck / '.tmp-last-x').exists()
+    assert json.loads((ck / 'last' / 'state.json').read_text())['epoch'] == 2
+
+
+# --- distributed --------------------------------------------------------------------------------------------
+
+def test_ddp_two_cpu_processes(shards, tmp_path):
+    out = tmp_path / 'ddp'
+    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m', 'minillm.training']
+    args = [*TINY, '--data', str(shards), '--out', str(out), '--epochs', '3', '--eval-every', '10']
+    r = subprocess.run([*torchrun, *args, '--max-steps', '40'], env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([*torchrun, *args, '--resume'], env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((out / 'summary.json').read_text())
+    assert s['processes'] == 2 and s['ranks_in_sync'] is True and s['status'] == 'complete'
+    metrics = [json.loads(l) for l in (out / 'metrics.jsonl').read_text().splitlines()]
+    assert metrics[-1]['val_loss'] < metrics[0]['val_loss'] - 0.3
+    from minillm.model import load_model
+    model = load_model(out / 'checkpoints' / 'last')                       # loads in a single process
+    x = torch.randint(0, VOCAB, (1, 8))
+    assert model(x)[0].shape == (1, 8, VOCAB)
+
+
+# --- bad input ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('flag,value', [('--epochs', '0'), ('--batch-size', '-1'), ('--learning-rate', '0'),
+                                        ('--block-size', '0'), ('--grad-accum', '0'), ('--checkpoint-every', '0')])
+def test_bad_numbers(shards, tmp_path, capsys, flag, value):
+    code, err = run_main(capsys, *TINY, '--data', str(shards), '--out', str(tmp_path / 'o'), flag, value)
+    assert code == ExitCode.USAGE and f'{flag} must be positive' in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / 'o').exists()                                  # nothing written
+
+
+def test_block_size_longer_than_val(shards, tmp_path, capsys):
+    code, err = run_main(capsys, *TINY, '--data', str(shards), '--out', str(tmp_path / 'o'), '--block-size', '600')
+    assert code == ExitCode.USAGE and 'longer than the validation split' in err
+
+
+def test_missing_and_truncated_shards(shards, tmp_path, capsys):
+    code, err = run_main(capsys, *TINY, '--data', str(tmp_path / 'nothing'), '--out', str(tmp_path / 'o'))
+    assert code == ExitCode.TRAINING and 'meta.json is missing' in err
+    bad = tmp_path / 'bad'; shutil.copytree(shards, bad)
+    (bad / 'val.bin').write_bytes((bad / 'val.bin').read_bytes()[:100])
+    code, err = run_main(capsys, *TINY, '--data', str(bad), '--out', str(tmp_path / 'o'))
+    assert code == ExitCode.TRAINING and 'val.bin' in err and 'truncated' in err
+
+
+def test_shards_from_another_tokenizer(shards, tmp_path, capsys):
+    other = tmp_path / 'other'; shutil.copytree(shards, other)
+    (other / 'tokenizer.model').write_bytes(b'another tokenizer')
+    code, err = run_main(capsys, *TINY, '--data', str(other), '--out', str(tmp_path / 'o'))
+    assert code == ExitCode.TRAINING and 'another tokenizer' in err
+
+
+@pytest.fixture
+def finished_run(shards, tmp_path) -> Path:
+    out = tmp_path / 'run'
+    assert main(['train', *TINY, '--data', str(shards), '--out', str(out), '--epochs', '1']) == 0
+    return out
+
+
+@pytest.mark.parametrize('victim', ['model.safetensors', 'optimizer.safetensors', 'state.json'])
+def test_corrupt_checkpoint_names_the_file(shards, finished_run, capsys, victim):
+    capsys.readouterr()
+    f = finished_run / 'checkpoints' / 'last' / victim
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    code, err = run_main(capsys, *TINY, '--data', str(shards), '--out', str(finished_run), '--epochs', '2', '--resume')
+    assert code == ExitCode.TRAINING and victim in err and 'corrupt or truncated' in err
+
+
+def test_model_mismatch_on_resume(shards, finished_run, capsys):
+    capsys.readouterr()
+    code, err = run_main(capsys, *TINY, '--data', str(shards), '--out', str(finished_run), '--resume', '--n-embd', '64')
+    assert code == ExitCode.TRAINING and 'another model shape' in err and 'n_embd 32 -> 64' in err
+
+
+def test_existing_checkpoints_refused_without_a_terminal(shards, finished_run, capsys):
+    capsys.readouterr()
+    before = (finished_run / 'checkpoints' / 'last' / 'model.safetensors').read_bytes()
+    code, err = run_main(capsys, *TINY, '--data', str(shards), '--out', str(finished_run))
+    assert code == ExitCode.USAGE and '--resume' in err and '--force-restart' in err
+    assert (finished_run / 'checkpoints' / 'last' / 'model.safetensors').read_bytes() == before
+    assert main(['train', *TINY, '--data', str(shards), '--out', str(finished_run), '--force-restart', '--epochs', '1']) == 0
+
+
+def test_unwritable_output_dir(shards, tmp_path, capsys):
+    blocker = tmp_path / 'file'; blocker.write_text('x')
+    code, err = run_main(capsys, *TINY, '--data', str(shards), '--out', str(blocker / 'sub'))
+    assert code == ExitCode.TRAINING and 'not writable' in err
+
+
+def test_not_enough_disk(shards, tmp_path, capsys, monkeypatch):
+    import minillm.core, collections
+    Usage = collections.namedtuple('Usage', 'total used free')
+    monkeypatch.setattr(minillm.core.shutil, 'disk_usage', lambda p: Usage(10**9, 10**9 - 1000, 1000))
+    code, err = run_main(capsys, *TINY, '--data', str(shards), '--out', str(tmp_path / 'o'), '--epochs', '1')
+    assert code == ExitCode.TRAINING and 'not enough free disk' in err
+    assert not any((tmp_path / 'o' / 'checkpoints').glob('*'))            # no half-written checkpoint left
