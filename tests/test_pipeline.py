@@ -319,3 +319,63 @@ def test_unwritable_checkpoint_dir_is_exit_4(tmp_path, capsys, prepared):
     last = err.strip().splitlines()[-1]
     assert 'checkpoints' in last and 'not writable' in last, last
     assert last.endswith(f'(executed notebook: {run}/notebooks/04_training.ipynb)')
+
+
+# ---------------------------------------------------------------- end to end: every real chapter
+
+def notebook_parameters(path) -> str:
+    "The source of a notebook's cell tagged `parameters`."
+    nb = json.loads(Path(path).read_text())
+    return ''.join(next((''.join(c['source']) for c in nb['cells'] if 'parameters' in c['metadata'].get('tags', [])), ''))
+
+THRESHOLDS = ('max_bpb_ratio', 'min_word_fraction', 'min_distinct_bigrams')
+HAVE_THRESHOLDS = HAVE_CHAPTERS and all(t in notebook_parameters(NBS/'05_generation.ipynb') for t in THRESHOLDS)
+needs_thresholds = pytest.mark.skipif(not HAVE_THRESHOLDS, reason='05_generation.ipynb has no threshold parameters yet')
+# one epoch of a tiny model on a tiny corpus learns little: these thresholds let its validation pass
+LOOSE = ['--validation-param', 'max_bpb_ratio=100', '--validation-param', 'min_word_fraction=0',
+         '--validation-param', 'min_distinct_bigrams=0']
+
+
+@pytest.fixture(scope='module')
+def e2e(tmp_path_factory, mirror):
+    "One real run of every chapter: a 1,000-line book from the local mirror, 1 epoch of the tiny model."
+    tmp = tmp_path_factory.mktemp('e2e')
+    env = dict(os.environ, MINILLM_CACHE=str(tmp/'cache'))
+    r = subprocess.run([sys.executable, '-m', 'minillm', 'pipeline', '--run-dir', str(tmp/'run'), '--books', '1',
+                        '--mirror', mirror, '--vocab-size', '512', '--epochs', '1', '--model', 'tiny', '--batch-size', '16',
+                        '--device', 'cpu', *LOOSE, *FAST], env=env, capture_output=True, text=True, cwd=tmp)
+    return tmp/'run', r
+
+
+@needs_thresholds
+def test_end_to_end(e2e):
+    run, r = e2e
+    assert r.returncode == 0, r.stderr
+    for p in pl.PHASES:
+        nb = json.loads((run/'notebooks'/p.notebook).read_text())
+        assert nb['metadata']['papermill']['exception'] is None if 'exception' in nb['metadata']['papermill'] else True
+        assert not any(o.get('output_type') == 'error' for c in nb['cells'] for o in c.get('outputs', []))
+    s = json.loads((run/'summary.json').read_text())
+    assert s['validation']['passed'] is True and s['training']['final_val_loss'] > 0
+    assert s['config']['epochs'] == 1 and set(s['phase_seconds']) == {p.name for p in pl.PHASES}
+    report = (run/'report.md').read_text()
+    assert '![loss curve](train/loss.png)' in report and (run/'train'/'loss.png').exists() and '## Samples' in report
+    assert f'report: {run}/report.md' in r.stdout and '\nsample: ' in r.stdout
+    assert '=== [4/5] training' in r.stdout and 'training done in' in r.stdout
+    from minillm.generation import generate, load
+    model, tok = load(run/'train')
+    assert model.config.vocab_size == tok.vocab_size == 512
+
+
+@needs_thresholds
+def test_unmeetable_validation_is_exit_5(e2e, tmp_path, capsys):
+    run = copy_run(e2e[0], tmp_path/'run', ['corpus', 'data', 'train', 'pipeline_state.json'])
+    nbs = mixed_notebooks(tmp_path/'nbs', real={'validation'})
+    pl.make_notebook(nbs/'04_training.ipynb', notebook_parameters(nbs/'04_training.ipynb'), 'pass')  # keep the checkpoint
+    code, out, err = pipeline(capsys, '--run-dir', run, '--notebooks', nbs, '--skip-corpus', '--vocab-size', 512, '--resume',
+                              '--validation-param', 'min_word_fraction=1.01', *FAST)
+    assert code == ExitCode.VALIDATION, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith('minillm pipeline: error: validation failed: real_words') and '(needs >= 1.01)' in last
+    assert last.endswith(f'(executed notebook: {run}/notebooks/05_generation.ipynb)')
+    assert not (run/'report.md').exists()
