@@ -108,7 +108,9 @@ def recorded(tmp_path, standins, monkeypatch):
     "A run directory with checkpoints; `run_notebook` only records each phase's parameters."
     run = tmp_path/'run'; (run/'train'/'checkpoints'/'last').mkdir(parents=True)
     calls = {}
-    def fake(src, dest, params, code, cwd=None, quiet=False): calls[Path(src).stem] = params
+    def fake(src, dest, params, code, cwd=None, quiet=False):
+        calls[Path(src).stem] = params
+        if 'report_path' in params: Path(params['report_path']).write_text('{"passed": true}')
     monkeypatch.setattr(pl, 'run_notebook', fake)
     return run, calls
 
@@ -380,3 +382,16 @@ def test_unmeetable_validation_is_exit_5(e2e, tmp_path, capsys):
     assert 'bits_per_byte' not in last
     assert last.endswith(f'(executed notebook: {run}/notebooks/05_generation.ipynb)')
     assert not (run/'report.md').exists()
+
+
+@pytest.mark.parametrize('report, message', [
+    (None, 'validation wrote no report to'),
+    ({'passed': False, 'failed': ['real_words']}, 'validation failed: real_words (report: '),
+])
+def test_validation_must_leave_a_passing_report(report, message, tmp_path, capsys):
+    nbs = pl.make_standin_notebooks(tmp_path/'nbs')
+    body = f"import json; from pathlib import Path; Path(report_path).write_text(json.dumps({report!r}))" if report else 'pass'
+    pl.make_notebook(nbs/'05_generation.ipynb', notebook_parameters(nbs/'05_generation.ipynb'), body)
+    code, out, err = pipeline(capsys, '--run-dir', tmp_path/'run', '--notebooks', nbs, *FAST)
+    assert code == ExitCode.VALIDATION and message in err, err
+    assert not (tmp_path/'run'/'report.md').exists()
