@@ -215,11 +215,18 @@ def test_shards_from_another_tokenizer(shards, tmp_path, capsys):
     assert code == ExitCode.TRAINING and 'another tokenizer' in err
 
 
-@pytest.fixture
-def finished_run(shards, tmp_path) -> Path:
-    out = tmp_path / 'run'
+@pytest.fixture(scope='module')
+def _finished(shards, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp('finished') / 'run'
     assert main(['train', *TINY, '--data', str(shards), '--out', str(out), '--epochs', '1']) == 0
     return out
+
+
+@pytest.fixture
+def finished_run(_finished, tmp_path) -> Path:
+    "A copy of a finished one-epoch run that the test may damage."
+    shutil.copytree(_finished, tmp_path / 'run')
+    return tmp_path / 'run'
 
 
 @pytest.mark.parametrize('victim', ['model.safetensors', 'optimizer.safetensors', 'state.json'])
