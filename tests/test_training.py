@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from minillm.core import main, ExitCode
 from minillm.training import TrainConfig, train
 
+torch.set_num_threads(1)  # tiny models run fastest and deterministically on one thread, beside other jobs
 VOCAB = 64
 TINY = ['--model', 'tiny', '--n-layer', '1', '--n-embd', '32', '--n-head', '2', '--block-size', '16',
         '--batch-size', '8', '--dtype', 'float32', '--device', 'cpu', '--warmup', '10', '--learning-rate', '3e-3',
