@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_training.ipynb #fcf9857f
 from __future__ import annotations
-import argparse, contextlib, json, math, os, shutil, signal, sys, tempfile, time
+import argparse, contextlib, json, math, os, re, shutil, signal, sys, tempfile, time
 from dataclasses import dataclass, asdict, fields, replace
 from pathlib import Path
 
@@ -550,19 +550,23 @@ def _run_train(args) -> int:
               f'({s["tokens_per_s"]:,} tokens/s); val loss {s["final_val_loss"]}, {s["final_val_bpb"]} bits/byte -> {cfg.out_dir}')
     return 0
 
-_HELP = {f.name: f.name for f in fields(TrainConfig)}
+def _field_help() -> dict[str, str]:
+    "Each TrainConfig field's trailing comment, the help text of its option."
+    import inspect
+    return dict(re.findall(r'^\s+(\w+):[^#\n]*#\s*(.+)$', inspect.getsource(TrainConfig), re.M))
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
     "The options of `minillm train`, one per `TrainConfig` field."
-    d = TrainConfig()
+    d, helps = TrainConfig(), _field_help()
     p.add_argument('--data', dest='data_dir', required=True, help='token shards from `minillm tokenizer`')
     p.add_argument('--out', dest='out_dir', required=True, help='output directory (checkpoints, metrics, plot)')
     for f in fields(TrainConfig):
         if f.name in ('data_dir', 'out_dir', 'progress'): continue
         flag, default = '--' + f.name.replace('_', '-'), getattr(d, f.name)
-        if f.name in _SHAPE: p.add_argument(flag, type=int, default=None, help="(default: the preset's)")
-        elif isinstance(default, bool): p.add_argument(flag, action='store_true', help=f'{f.name.replace("_", " ")}')
-        else: p.add_argument(flag, type=type(default), default=default, help=f'(default {default!r})',
+        h = helps.get(f.name, f.name.replace('_', ' '))
+        if f.name in _SHAPE: p.add_argument(flag, type=int, default=None, help=f"{h} (default: the preset's)")
+        elif isinstance(default, bool): p.add_argument(flag, action='store_true', help=h)
+        else: p.add_argument(flag, type=type(default), default=default, help=f'{h} (default {default!r})',
                              **(dict(choices=list(MODEL_PRESETS)) if f.name == 'model' else {}))
     p.add_argument('--quiet', dest='progress', action='store_false', help='no progress bar')
 
