@@ -395,3 +395,24 @@ def test_validation_must_leave_a_passing_report(report, message, tmp_path, capsy
     code, out, err = pipeline(capsys, '--run-dir', tmp_path/'run', '--notebooks', nbs, *FAST)
     assert code == ExitCode.VALIDATION and message in err, err
     assert not (tmp_path/'run'/'report.md').exists()
+
+
+def test_sigterm_reaches_the_training_notebook_which_saves_then_exit_130(tmp_path):
+    import signal, time
+    nbs = pl.make_standin_notebooks(tmp_path/'nbs')
+    body = ("import time\nfrom pathlib import Path\nprint('training', flush=True)\n"
+            "try: time.sleep(60)\nexcept KeyboardInterrupt:\n"
+            "    Path(out_dir).mkdir(parents=True, exist_ok=True); (Path(out_dir)/'saved').write_text('state'); raise")
+    pl.make_notebook(nbs/'04_training.ipynb', notebook_parameters(nbs/'04_training.ipynb'), body)
+    run = tmp_path/'run'
+    p = subprocess.Popen([sys.executable, '-m', 'minillm', 'pipeline', '--run-dir', str(run), '--notebooks', str(nbs), *FAST],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = ''
+    while 'training\n' not in out:  # wait until the training notebook runs
+        line = p.stdout.readline(); assert line, p.stderr.read(); out += line
+    p.send_signal(signal.SIGTERM)
+    rest, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert (run/'train'/'saved').read_text() == 'state'
+    assert err.strip().splitlines()[-1] == (f'minillm pipeline: error: interrupted in {run}/notebooks/04_training.ipynb; '
+                                            'rerun with --resume to continue')
