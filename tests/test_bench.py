@@ -3,6 +3,7 @@ import json, math, subprocess, sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from minillm.core import main
 from minillm import bench
@@ -10,6 +11,14 @@ from minillm import bench
 TEXT = ('First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n'
         'Second Citizen:\nWould you proceed especially against Caius Marcius?\n\n') * 150
 TINY = '{"vocab_size": 300, "n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 4}'
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    "One torch thread: these shapes are tiny, and on a busy machine extra threads only wait for each other."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _stats_ok(d):
@@ -22,7 +31,7 @@ def quality(tmp_path_factory):
     d = tmp_path_factory.mktemp('q')
     (d / 'all.txt').write_text(TEXT + 'Ünïcödé — “quotes” ☃\n' * 5, encoding='utf-8')
     code = main(['bench', 'quality', '--text', str(d / 'all.txt'), '--split', '0.9', '--budget', '3s',
-                 '--recipe', TINY, '--out', str(d / 'run'), '--json', str(d / 'q.json'), '--quiet'])
+                 '--recipe', TINY, '--threads', '1', '--out', str(d / 'run'), '--json', str(d / 'q.json'), '--quiet'])
     assert code == 0
     return d, json.loads((d / 'q.json').read_text())
 
@@ -86,7 +95,7 @@ def test_speed_cli_writes_json(tmp_path):
     (run / 'summary.json').write_text(json.dumps({'phase_seconds': {'corpus': 1.5, 'train': 2.5}}))
     args = ['bench', 'speed', '--n-layer', '1', '--n-head', '2', '--n-embd', '32', '--block-size', '16', '--batch-size', '2',
             '--repeats', '1', '--matmul-n', '64', '--n-new', '8', '--text', str(tmp_path / 't.txt'),
-            '--run-dir', str(run), '--preset', 'tiny', '--json', str(tmp_path / 's.json')]
+            '--run-dir', str(run), '--preset', 'tiny', '--tokenizer-vocab', '300', '--threads', '1', '--json', str(tmp_path / 's.json')]
     assert main(args) == 0
     s = json.loads((tmp_path / 's.json').read_text())
     assert s['pipeline']['total_s'] == 4.0
