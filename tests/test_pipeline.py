@@ -191,6 +191,12 @@ def test_argument_errors(args, message, capsys):
     assert 'Traceback' not in err
 
 
+def test_bad_time_budget_is_a_usage_error(tmp_path, capsys):
+    assert main(['pipeline', '--max-time', 'soon', '--run-dir', str(tmp_path/'run')]) == 1
+    assert 'bad duration' in capsys.readouterr().err
+    assert not (tmp_path/'run').exists()  # refused before anything ran
+
+
 def test_argument_error_in_a_real_process(tmp_path):
     r = subprocess.run([sys.executable, '-m', 'minillm', 'pipeline', '--epochs', 'x'], capture_output=True,
                        text=True, cwd=tmp_path)
