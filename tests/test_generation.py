@@ -210,8 +210,25 @@ def test_validate_fails_untrained_and_passes_trained(untrained, trained, tmp_pat
     assert json.loads((tmp_path / 'bad.json').read_text())['checks']['bits_per_byte']['threshold'] > 0
     with pytest.raises(MinillmError) as e: check_report(bad)
     assert e.value.exit_code == ExitCode.VALIDATION and 'bits_per_byte' in str(e.value)
-    good = validate(trained, min_distinct_bigrams=0.1)  # six sentences: the corpus itself has few distinct bigrams
+    good = validate(trained)  # default thresholds: the bigram one is relative to the (repetitive) validation text
     assert good['passed'], good
+    c = good['checks']['distinct_bigrams']
+    assert 0 < c['reference'] < 1 and c['threshold'] == round(0.5 * c['reference'], 4)
+
+
+def test_validate_fails_a_degenerate_loop(trained, monkeypatch):
+    import minillm.generation as g
+    monkeypatch.setattr(g, 'generate', lambda model, tok, prompts, *a, **kw: ['the the the the the the the the the the'] * len(prompts))
+    r = validate(trained)
+    assert not r['passed'] and r['failed'] == ['distinct_bigrams'], r['checks']
+    assert r['checks']['distinct_bigrams']['value'] == round(1 / 9, 4)
+
+
+def test_reference_bigrams_cuts_real_text_like_the_samples():
+    from minillm.generation import reference_bigrams, distinct_bigrams
+    text = ' '.join(['the cat sat on the mat'] * 20)                   # 120 words, a pair repeats every 6 words
+    assert reference_bigrams(text, [6, 6]) == distinct_bigrams(['the cat sat on the mat'] * 2) == 0.5
+    assert reference_bigrams(text, [3]) == 1.0                          # 3-word chunks repeat no pair inside a chunk
 
 
 def test_evaluate(trained, untrained, tmp_path):
