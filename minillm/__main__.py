@@ -6,5 +6,6 @@
 __all__ = []
 
 # %% ../nbs/99_main.ipynb #4e944d4f
+#| eval: false
 from .core import cli
 if __name__ == '__main__': cli()
