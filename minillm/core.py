@@ -115,7 +115,7 @@ def add_command(subparsers, name: str, func, help: str, examples: list[str] = ()
     return p
 
 # %% ../nbs/00_core.ipynb #e0e3883a
-CLI_MODULES = ['corpus', 'tokenizer', 'training', 'generation', 'pipeline', 'bench']
+CLI_MODULES = ['corpus', 'tokenizer', 'training', 'generation', 'pipeline', 'bench', 'export']
 
 def build_parser() -> CLIParser:
     "The `minillm` parser with every subcommand the installed chapters provide."
