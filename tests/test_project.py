@@ -88,6 +88,17 @@ def test_notebook_skeleton(name):
         assert any(c.get('outputs') for c in code), 'committed with real outputs'
 
 
+@pytest.mark.parametrize('name', [c for c in CHAPTERS if c <= '06'])
+def test_papermill_reads_every_parameter(name):
+    "papermill parses each line of the parameters cell (a stray `=` in a comment hides a parameter)."
+    import nbformat
+    from papermill.translators import PythonTranslator
+    nb = nbformat.read(NBS/f'{name}.ipynb', as_version=4)
+    cell = next(c for c in nb.cells if 'parameters' in c.metadata.get('tags', []))
+    assigned = [l.split('=')[0].strip() for l in cell.source.splitlines() if re.match(r'^\w+\s*(:[^=]*)?=', l)]
+    assert [p.name for p in PythonTranslator.inspect(cell)] == assigned
+
+
 def test_every_notebook_executes(tmp_path):
     "nbdev_test runs every notebook top to bottom in a fresh kernel (cells marked slow are skipped)."
     r = run([str(BIN/'nbdev_test'), '--n_workers', '1', '--timing'], timeout=1500,
