@@ -4,15 +4,17 @@
 
 # %% ../nbs/00_core.ipynb #9487ce59
 from __future__ import annotations
-import argparse, contextlib, hashlib, importlib, os, re, shutil, sys, tempfile
+import argparse, contextlib, datetime as dt, hashlib, importlib, json, os, re, shutil, signal, socket, sys
+import tempfile, threading
 from enum import IntEnum
 from pathlib import Path
 
 import minillm
 
 # %% auto #0
-__all__ = ['CLI_MODULES', 'ExitCode', 'MinillmError', 'atomic_write', 'sha256_file', 'parse_duration', 'ensure_writable_dir',
-           'ensure_free_disk', 'book_dir', 'CLIParser', 'add_command', 'build_parser', 'main', 'cli']
+__all__ = ['LOCK_FILE', 'CLI_MODULES', 'ExitCode', 'MinillmError', 'atomic_write', 'sha256_file', 'parse_duration',
+           'ensure_writable_dir', 'ensure_free_disk', 'read_lock', 'run_lock', 'book_dir', 'CLIParser', 'add_command',
+           'build_parser', 'sigterm_as_interrupt', 'main', 'cli']
 
 # %% ../nbs/00_core.ipynb #0aa9c4f9
 class ExitCode(IntEnum):
@@ -89,6 +91,50 @@ def ensure_free_disk(path, need_bytes: int, what: str = 'this step', exit_code: 
                            f'{need_bytes/2**20:.0f} MiB needed; free some space or write elsewhere', exit_code)
     return free
 
+# %% ../nbs/00_core.ipynb #03d8be77
+LOCK_FILE = '.minillm.lock'
+
+def read_lock(directory) -> dict | None:
+    "The owner recorded in `directory`'s lock file (pid, host, command, started), or None."
+    try: return json.loads((Path(directory)/LOCK_FILE).read_text()) or None
+    except (OSError, ValueError): return None
+
+def _owner_text(owner: dict | None) -> str:
+    if not owner: return 'another process (it has not written its name yet)'
+    return f'pid {owner.get("pid")} on {owner.get("host")} (`{owner.get("command")}`, started {owner.get("started")})'
+
+def _command_line() -> str:
+    "This process's command line, with `python -m minillm` shown as `minillm`."
+    prog = sys.argv[0] if sys.argv and sys.argv[0] else 'python'
+    prog = 'minillm' if prog.endswith(('minillm', f'minillm{os.sep}__main__.py')) else Path(prog).name
+    return ' '.join([prog] + sys.argv[1:])
+
+# %% ../nbs/00_core.ipynb #c892d15e
+@contextlib.contextmanager
+def run_lock(directory, exit_code: int = ExitCode.USAGE):
+    "Hold `directory/.minillm.lock` while writing there; refuse at once if a live process holds it."
+    import fcntl
+    path = ensure_writable_dir(directory, 'run directory', exit_code)/LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)   # not inherited by child processes (PEP 446)
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise MinillmError(f'{directory} is in use by {_owner_text(read_lock(directory))}; two runs in one directory '
+                               f'would overwrite each other: wait for it, stop it, or use another directory') from None
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino: break  # else its last owner removed it meanwhile: again
+        os.close(fd)
+    if stale := read_lock(directory):
+        print(f'note: took over the lock in {directory} left by {_owner_text(stale)}, which has ended', file=sys.stderr)
+    owner = dict(pid=os.getpid(), host=socket.gethostname(), command=_command_line(),
+                 started=dt.datetime.now().isoformat(timespec='seconds'))
+    os.ftruncate(fd, 0); os.write(fd, json.dumps(owner).encode()); os.fsync(fd)
+    try: yield owner
+    finally:
+        with contextlib.suppress(OSError): os.unlink(path)
+        os.close(fd)
+
 # %% ../nbs/00_core.ipynb #ce029acb
 def book_dir(*parts: str) -> Path:
     "Where chapters run cell by cell keep their artifacts: `$MINILLM_BOOK_DIR`, else a folder in the temp dir."
@@ -135,6 +181,15 @@ def build_parser() -> CLIParser:
     return p
 
 # %% ../nbs/00_core.ipynb #a260301a
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    "While active (main thread only), SIGTERM raises `KeyboardInterrupt`, as Ctrl+C does, so clean-up code runs."
+    def handler(signum, frame): raise KeyboardInterrupt('SIGTERM')
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    old = signal.signal(signal.SIGTERM, handler)
+    try: yield
+    finally: signal.signal(signal.SIGTERM, old)
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `minillm` command."
     parser = build_parser()
@@ -144,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.USAGE
     where = f'minillm {args.command}'
     try:
-        code = args.func(args)
+        with sigterm_as_interrupt(): code = args.func(args)
     except MinillmError as e:
         print(f'{where}: error: {e}', file=sys.stderr); code = e.exit_code
     except KeyboardInterrupt:
