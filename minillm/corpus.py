@@ -5,7 +5,7 @@
 # %% ../nbs/01_corpus.ipynb #c296e1fa
 from __future__ import annotations
 import codecs, collections, contextlib, hashlib, json, lzma, os, re, socket, sys, time, unicodedata, warnings
-import http.client, urllib.error, urllib.request
+import http.client, urllib.error, urllib.parse, urllib.request
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -20,8 +20,9 @@ from .core import (ExitCode, MinillmError, add_command, atomic_write, book_dir, 
 __all__ = ['CLEANING_VERSION', 'DOC_SEPARATOR', 'GUTENBERG_START', 'GUTENBERG_END', 'SMALL_PRINT_START', 'HEADER_LINES',
            'BUNDLED_DIR', 'GUTENBERG', 'URL_FORMS', 'USER_AGENT', 'WORD', 'check_text_file', 'check_text_head',
            'detect_encoding', 'strip_gutenberg', 'CleanStats', 'normalize_lines', 'clean_lines', 'clean_text',
-           'write_corpus', 'read_manifest', 'iter_documents', 'bundled_documents', 'fetch_url', 'default_cache_dir',
-           'download_book', 'build_corpus', 'parse_books', 'add_cli', 'document_stats', 'word_counts']
+           'write_corpus', 'read_manifest', 'iter_documents', 'bundled_documents', 'fetch_url', 'check_mirror',
+           'default_cache_dir', 'download_book', 'build_corpus', 'parse_books', 'add_cli', 'document_stats',
+           'word_counts']
 
 # %% ../nbs/01_corpus.ipynb #4131423e
 CLEANING_VERSION = 1  # bump when cleaning changes, so corpora built by older code can be told apart
@@ -238,15 +239,16 @@ GUTENBERG = 'https://www.gutenberg.org'
 URL_FORMS = ('cache/epub/{n}/pg{n}.txt', 'files/{n}/{n}-0.txt', 'files/{n}/{n}.txt')
 USER_AGENT = f'minillm/{minillm.__version__} (educational; a handful of books per run)'
 
-class _Retry(Exception): "A failure worth retrying: a 5xx answer or a timeout."
+class _Retry(Exception): "A failure worth retrying: a 5xx answer, a timeout, a broken connection or a short body."
 
 def _mib(n: int) -> str: return f'{n / 2**20:.1f} MiB'
 
 def fetch_url(url: str, dest, timeout: float = 30.0, max_bytes: int = 64 << 20, bar=None) -> Path:
     "Download `url` to `dest` atomically; raise `_Retry` for 5xx and timeouts, `MinillmError` otherwise."
+    check_mirror(url)
     req = urllib.request.Request(url, headers={'User-Agent': USER_AGENT})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r, atomic_write(dest, 'wb') as f:
+        with _OPENER.open(req, timeout=timeout) as r, atomic_write(dest, 'wb') as f:
             if 'html' in r.headers.get('Content-Type', ''):
                 raise _fail(f'{url} is an HTML page, not plain text; check the book number or the --mirror URL')
             if int(r.headers.get('Content-Length') or 0) > max_bytes:
@@ -260,17 +262,36 @@ def fetch_url(url: str, dest, timeout: float = 30.0, max_bytes: int = 64 << 20, 
                     raise _fail(f'{url} is over the {_mib(max_bytes)} limit for one book; check the book number')
                 f.write(b); head = head if len(head) >= 8192 else (head + b)[:8192]
                 if bar is not None: bar.update(len(b))
+            if (size := r.headers.get('Content-Length')) and f.tell() != int(size):  # urllib does not check
+                raise _Retry(f'sent a short body ({f.tell()} of {size} bytes)')
             check_text_head(head, url)
     except urllib.error.HTTPError as e:
         if e.code >= 500: raise _Retry(f'HTTP {e.code}') from None
         raise
     except (TimeoutError, socket.timeout) as e: raise _Retry('timed out') from None
-    except (ConnectionError, http.client.HTTPException) as e:
-        raise _fail(f'the connection broke while downloading {url} ({type(e).__name__}); try again') from None
+    except (ConnectionError, http.client.HTTPException) as e: raise _Retry(f'broke the connection ({type(e).__name__})') from None
     except urllib.error.URLError as e:
         if isinstance(e.reason, (TimeoutError, socket.timeout)): raise _Retry('timed out') from None
         raise _fail(f'cannot reach {url} ({e.reason}); check your network or the --mirror URL') from None
     return Path(dest)
+
+# %% ../nbs/01_corpus.ipynb #1249520a
+def check_mirror(url: str) -> str:
+    "Return `url` if it is an http(s) URL with a host; refuse `file://`, `ftp://` and anything else."
+    parts = urllib.parse.urlsplit(str(url))
+    if parts.scheme.lower() not in ('http', 'https') or not parts.netloc:
+        raise MinillmError(f'mirror {url!r} is not an http(s) URL: only http:// and https:// downloads are allowed; '
+                           f'give one such as {GUTENBERG}', ExitCode.USAGE)
+    return str(url)
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    "Follow a redirect only to another http(s) URL (urllib's own handler also follows one to ftp://)."
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urllib.parse.urlsplit(newurl).scheme.lower() not in ('http', 'https'):
+            raise _fail(f'{req.full_url} redirects to {newurl}: only http(s) downloads are allowed; use another --mirror')
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
 
 # %% ../nbs/01_corpus.ipynb #7d327db9
 def default_cache_dir() -> Path:
@@ -285,6 +306,9 @@ def _cached(path: Path) -> bool:
 def download_book(n: int, cache_dir=None, mirror: str | None = None, timeout: float = 30.0, retries: int = 3,
                   backoff: float = 1.0, max_bytes: int = 64 << 20, bar=None) -> Path:
     "The plain text of Project Gutenberg book `n`, from the cache or downloaded from `mirror`."
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:  # the number becomes a file name: nothing else may
+        raise MinillmError(f'bad book number {n!r}: a Project Gutenberg number is a positive integer', ExitCode.USAGE)
+    check_mirror(mirror or GUTENBERG)
     cache = ensure_writable_dir(cache_dir or default_cache_dir(), 'download cache', ExitCode.CORPUS)
     dest, base = cache/f'pg{n}.txt', (mirror or GUTENBERG).rstrip('/')
     if _cached(dest): return dest
@@ -313,6 +337,9 @@ def build_corpus(out_dir, books: Iterable[int] | None = None, mirror: str | None
     "Build `out_dir/corpus.txt` and `manifest.json` from Gutenberg `books`, local `files`, or the bundled corpus."
     if not 0 <= val_fraction < 1: raise MinillmError(f'--val-fraction must be in [0, 1), not {val_fraction}')
     if timeout <= 0 or retries < 0: raise MinillmError(f'--timeout must be > 0 and --retries >= 0')
+    if books and mirror: check_mirror(mirror)
+    for p in files or ():
+        if not Path(p).is_file(): raise MinillmError(f'--files: {p} is not a file; give paths of plain-text books')
     out = ensure_writable_dir(out_dir, 'corpus output directory', ExitCode.CORPUS)
     docs = [({'title': Path(p).name, 'author': None, 'gutenberg_id': None, 'source': str(p)}, Path(p))
             for p in files or ()]
