@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_tokenizer.ipynb #4fc9f39d
 from __future__ import annotations
-import io, json, os, random, re, time
+import contextlib, io, json, os, random, re, time
 from itertools import compress, repeat
 from pathlib import Path
 
@@ -191,12 +191,11 @@ def _encode_words(tok: Tokenizer, text: str) -> np.ndarray:
     return np.concatenate([np.array(tok.encode(words[0]), np.int64), ids])
 
 # %% ../nbs/02_tokenizer.ipynb #071dac43
-def _encode_split(tok: Tokenizer, corpus_dir, split: str, path: Path, dtype, total: int, progress: bool) -> tuple[int, int]:
-    "Write the ids of every document of `split` to `path`, an end-of-text id after each; return (tokens, bytes)."
+def _encode_split(tok: Tokenizer, corpus_dir, split: str, f, dtype, total: int, progress: bool) -> tuple[int, int]:
+    "Write the ids of every document of `split` to the open file `f`, an end-of-text id after each; return (tokens, bytes)."
     tokens = nbytes = 0
     eos = np.array([tok.eos_id], dtype)
-    with atomic_write(path, 'wb') as f, tqdm(total=total, unit='B', unit_scale=True, desc=f'encode {split}',
-                                              disable=not progress, mininterval=1) as bar:
+    with tqdm(total=total, unit='B', unit_scale=True, desc=f'encode {split}', disable=not progress, mininterval=1) as bar:
         for doc in iter_documents(corpus_dir, split):
             for chunk in _chunks(doc):
                 ids = tok.encode_array(chunk).astype(dtype)
@@ -220,11 +219,16 @@ def encode_shards(corpus_dir, tokenizer_path, out_dir, progress: bool = True) ->
     out = ensure_writable_dir(out_dir)
     dtype = np.uint16 if tok.vocab_size <= 65535 else np.uint32
     ensure_free_disk(out, 2 * np.dtype(dtype).itemsize * split_bytes(manifest, 'all') // 3, 'the token shards')
-    (out/'meta.json').unlink(missing_ok=True)  # meta.json is written last: present means complete
     meta = dict(vocab_size=tok.vocab_size, dtype=np.dtype(dtype).name)
-    for split in ('train', 'val'):
-        meta[f'{split}_tokens'], meta[f'{split}_bytes'] = _encode_split(
-            tok, corpus_dir, split, out/f'{split}.bin', dtype, split_bytes(manifest, split), progress)
+    try:
+        with contextlib.ExitStack() as files:  # both shards go to temporary files, renamed into place when both are done
+            for split in ('train', 'val'):
+                meta[f'{split}_tokens'], meta[f'{split}_bytes'] = _encode_split(tok, corpus_dir, split,
+                    files.enter_context(atomic_write(out/f'{split}.bin', 'wb')), dtype, split_bytes(manifest, split), progress)
+            (out/'meta.json').unlink(missing_ok=True)  # meta.json is written last: present means complete
+    except OSError as e:  # a disk that fills up: the shards and meta.json that were there are untouched
+        raise MinillmError(f'writing token shards to {out} failed ({e.strerror or e}); free some space or write '
+                           f'elsewhere, then encode again', ExitCode.TOKENIZER) from None
     if tok.path.resolve() != (out/'tokenizer.model').resolve():
         with atomic_write(out/'tokenizer.model', 'wb') as f: f.write(tok.path.read_bytes())
     meta.update(tokenizer_sha256=sha256_file(out/'tokenizer.model'),
@@ -263,15 +267,19 @@ def check_shards(data_dir, tokenizer_path=None, exit_code: int = ExitCode.TOKENI
     meta = read_meta(data_dir, exit_code)
     for split in ('train', 'val'):
         path, want = Path(data_dir)/f'{split}.bin', meta[f'{split}_tokens'] * np.dtype(meta['dtype']).itemsize
-        if not path.is_file() or path.stat().st_size != want:
-            raise MinillmError(f'token shard {path} is missing or truncated (expected {want} bytes); '
-                               f're-encode with `minillm tokenizer`', exit_code)
+        if not path.is_file():
+            raise MinillmError(f'token shard {path} is missing; re-encode with `minillm tokenizer`', exit_code)
+        if (size := path.stat().st_size) != want:
+            raise MinillmError(f'token shard {path} is {size} bytes but meta.json expects {want} (truncated, or not '
+                               f'from the same encoding); re-encode with `minillm tokenizer`', exit_code)
     if tokenizer_path is not None:
         tok_file = Path(tokenizer_path)/'tokenizer.model' if Path(tokenizer_path).is_dir() else Path(tokenizer_path)
         if not tok_file.is_file(): raise MinillmError(f'no tokenizer at {tok_file}', exit_code)
         if (sha := sha256_file(tok_file)) != meta['tokenizer_sha256']:
+            try: Tokenizer.load(tok_file); damaged = ''
+            except MinillmError: damaged = ', which is not even a SentencePiece model (damaged?)'
             raise MinillmError(f'shards in {data_dir} were encoded with another tokenizer (sha256 {meta["tokenizer_sha256"][:12]}, '
-                               f'not {sha[:12]} of {tok_file}); re-encode them with this tokenizer or use theirs', exit_code)
+                               f'not {sha[:12]} of {tok_file}{damaged}); re-encode them with this tokenizer or use theirs', exit_code)
     return meta
 
 # %% ../nbs/02_tokenizer.ipynb #fb8e8b7c
