@@ -48,8 +48,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown: raise ValueError(f'unknown ModelConfig fields {sorted(unknown)}')
+        if not isinstance(d, dict): raise ValueError(f'a ModelConfig is a JSON object, not {type(d).__name__}')
+        names = {f.name for f in fields(cls)}
+        if unknown := set(d) - names: raise ValueError(f'unknown ModelConfig fields {sorted(unknown)}')
+        if missing := names - set(d): raise ValueError(f'missing ModelConfig fields {sorted(missing)}')  # no silent defaults
         return cls(**d)
 
 # %% ../nbs/03_model.ipynb #271da976
@@ -259,8 +261,11 @@ def load_model(dir, device='cpu') -> MiniLLM:
     for name in ('config.json', 'model.safetensors'):
         if not (d / name).is_file():
             raise MinillmError(f'loading model: {d / name} not found; point at a directory written by save_model', ExitCode.GENERATION)
+    try: config = ModelConfig.from_dict(json.loads((d / 'config.json').read_text()))
+    except (ValueError, TypeError, OSError) as e:
+        raise MinillmError(f'loading model from {d}: config.json is not a model configuration ({str(e).splitlines()[0][:160]}); '
+                           f'use a directory written by save_model', ExitCode.GENERATION) from None
     try:
-        config = ModelConfig.from_dict(json.loads((d / 'config.json').read_text()))
         model = MiniLLM(config)
         model.load_state_dict(load_file(str(d / 'model.safetensors'), device='cpu'))
     except (ValueError, RuntimeError, TypeError, OSError, SafetensorError) as e:
