@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .core import (MinillmError, ExitCode, add_command, atomic_write, ensure_free_disk,
-                          ensure_writable_dir, parse_duration, sha256_file)
+                          ensure_writable_dir, parse_duration, run_lock, sha256_file)
 from .model import MODEL_PRESETS, ModelConfig, MiniLLM, count_params, flops_per_token
 from .tokenizer import read_meta, load_shard, check_shards
 
@@ -21,7 +21,8 @@ from .tokenizer import read_meta, load_shard, check_shards
 __all__ = ['TrainConfig', 'check_config', 'epoch_windows', 'get_batch', 'bits_per_byte', 'make_optimizer', 'lr_at', 'pick_device',
            'autocast', 'measure_dtype', 'recover_checkpoints', 'write_checkpoint_dir', 'save_checkpoint',
            'load_checkpoint', 'model_config', 'check_data', 'init_distributed', 'ranks_in_sync', 'evaluate_loss',
-           'train_step', 'StopFlag', 'resolve_start', 'plot_losses', 'train', 'add_train_options', 'add_cli']
+           'train_step', 'StopFlag', 'resume_point', 'resolve_start', 'plot_losses', 'train', 'add_train_options',
+           'add_cli']
 
 # %% ../nbs/04_training.ipynb #3c4c5030
 MODEL_PRESETS.setdefault('tiny', dict(block_size=64, n_layer=2, n_head=2, n_kv_head=2, n_embd=64))  # for tests and this page
@@ -217,7 +218,10 @@ def save_checkpoint(ck_root: Path, name: str, model, opt, state: dict, cfg: Trai
         (d / 'train_config.json').write_text(json.dumps(asdict(cfg), indent=1))
         (d / 'optimizer.safetensors').write_bytes(save(tensors))
         (d / 'state.json').write_text(json.dumps(dict(state, param_groups=groups), indent=1))
-    return write_checkpoint_dir(ck_root, name, write)
+    try: return write_checkpoint_dir(ck_root, name, write)
+    except OSError as e:  # a full disk, a vanished directory: the previous checkpoint is untouched
+        raise MinillmError(f'writing checkpoint {ck_root / name} failed ({e.strerror or e}); the previous one is intact: '
+                           f'free some space, then continue with --resume', ExitCode.TRAINING) from None
 
 # %% ../nbs/04_training.ipynb #d08dd4f4
 def load_checkpoint(d: Path, model, opt, device) -> dict:
@@ -235,10 +239,11 @@ def load_checkpoint(d: Path, model, opt, device) -> dict:
         current = d / 'state.json'
         state = json.loads(current.read_text())
         _load_optimizer(opt, tensors, state.pop('param_groups'))
-    except (SafetensorError, RuntimeError, ValueError, KeyError, OSError) as e:
-        raise MinillmError(f'checkpoint file {current} is corrupt or truncated ({str(e).splitlines()[0][:120]}); '
+        current = d / 'optimizer.safetensors'
+        torch.set_rng_state(tensors['rng.cpu'])
+    except (SafetensorError, RuntimeError, ValueError, KeyError, TypeError, AttributeError, OSError) as e:
+        raise MinillmError(f'checkpoint file {current} is corrupt or truncated ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); '
                            f'start afresh with --force-restart', ExitCode.TRAINING) from None
-    torch.set_rng_state(tensors['rng.cpu'])
     if device.type == 'cuda' and 'rng.cuda' in tensors: torch.cuda.set_rng_state(tensors['rng.cuda'], device)
     return state
 
@@ -335,15 +340,21 @@ class StopFlag:
         for s, h in self._old.items(): signal.signal(s, h)
 
 # %% ../nbs/04_training.ipynb #2e854a37
+def resume_point(ck_root: Path) -> str | None:
+    "The checkpoint to resume from: the later (by step) of `last` and `best`, `last` on a tie; None if neither exists."
+    def step(name):
+        try: return json.loads((ck_root / name / 'state.json').read_text())['global_step']
+        except (OSError, ValueError, KeyError, TypeError): return math.inf if name == 'last' else -1  # loading `last` says what is wrong
+    names = [n for n in ('last', 'best') if (ck_root / n).is_dir()]
+    return max(names, key=step) if names else None
+
 def resolve_start(ck_root: Path, cfg: TrainConfig) -> bool:
-    "Whether to resume from `ck_root/last`; deletes the old checkpoints on --force-restart."
+    "Whether to resume (from `resume_point`); deletes the old checkpoints on --force-restart."
     existing = [n for n in ('last', 'best') if (ck_root / n).exists()]
     if cfg.resume and cfg.force_restart: raise MinillmError('--resume and --force-restart exclude each other; pick one')
     if cfg.force_restart or not existing:
         if existing: shutil.rmtree(ck_root); ck_root.mkdir()
         return False
-    if not (ck_root / 'last').exists() and cfg.resume:
-        raise MinillmError(f'cannot resume: {ck_root / "last"} is missing; use --force-restart', ExitCode.TRAINING)
     if cfg.resume: return True
     if sys.stdin.isatty() and sys.stdout.isatty() and int(os.environ.get('WORLD_SIZE', '1')) == 1:
         if input('Found existing checkpoints. Resume training? [y/N] ').strip().lower() in ('y', 'yes'): return True
@@ -353,22 +364,26 @@ def resolve_start(ck_root: Path, cfg: TrainConfig) -> bool:
 
 # %% ../nbs/04_training.ipynb #b1ba5c2f
 def _setup(cfg: TrainConfig, data: Path, out: Path, meta: dict, mc: ModelConfig, device, rank: int, world: int):
-    "Model, optimizer, loop state and the chosen dtype, fresh or resumed from `out/checkpoints/last`."
+    "Model, optimizer, loop state and the chosen dtype, fresh or resumed from `out/checkpoints/{last,best}`."
     ck_root = out / 'checkpoints'
-    resume = resolve_start(ck_root, cfg) if rank == 0 else cfg.resume or (ck_root / 'last').exists()
+    resume = resolve_start(ck_root, cfg) if rank == 0 else cfg.resume or resume_point(ck_root) is not None
     if world > 1: resume = _any_rank(resume, world, device)
-    if resume:
-        saved = json.loads((ck_root / 'last' / 'config.json').read_text()) if (ck_root / 'last' / 'config.json').is_file() else None
-        if saved is not None and saved != mc.to_dict():
+    start = ck_root / resume_point(ck_root) if resume else None
+    if resume and (start / 'config.json').is_file():
+        try: saved = ModelConfig.from_dict(json.loads((start / 'config.json').read_text())).to_dict()
+        except (ValueError, TypeError) as e:
+            raise MinillmError(f'checkpoint file {start / "config.json"} is corrupt or truncated ({e}); start afresh '
+                               f'with --force-restart', ExitCode.TRAINING) from None
+        if saved != mc.to_dict():
             diff = ', '.join(f'{k} {saved.get(k)} -> {v}' for k, v in mc.to_dict().items() if saved.get(k) != v)
-            raise MinillmError(f'cannot resume: the checkpoint in {ck_root / "last"} has another model shape ({diff}); '
+            raise MinillmError(f'cannot resume: the checkpoint in {start} has another model shape ({diff}); '
                                f'resume with the same --model options or use --force-restart', ExitCode.TRAINING)
     torch.manual_seed(cfg.seed)
     model = MiniLLM(mc).to(device)
     opt = make_optimizer(model, cfg, device)
     state = dict(epoch=0, step=0, global_step=0, tokens=0, best_val=None, metrics=[], elapsed=0.0, dtype=None,
                  loss_sum=0.0, loss_count=0)
-    if resume: state.update(load_checkpoint(ck_root / 'last', model, opt, device))
+    if resume: state.update(load_checkpoint(start, model, opt, device))
     return model, opt, state, ck_root
 
 # %% ../nbs/04_training.ipynb #0d3a0c7a
@@ -412,7 +427,13 @@ def train(config: TrainConfig) -> dict:
     rank, world, device = init_distributed(device)
     meta = check_data(data, model_config(cfg, 1).block_size)
     mc = model_config(cfg, meta['vocab_size'])
-    if rank == 0: ensure_writable_dir(out, 'output directory', ExitCode.TRAINING); ensure_writable_dir(out / 'checkpoints', 'checkpoint directory', ExitCode.TRAINING)
+    if rank == 0: ensure_writable_dir(out, 'output directory', ExitCode.TRAINING)
+    with run_lock(out, ExitCode.TRAINING) if rank == 0 else contextlib.nullcontext():  # one run per directory
+        return _train_locked(cfg, data, out, meta, mc, device, rank, world)
+
+def _train_locked(cfg, data, out, meta, mc, device, rank, world) -> dict:
+    "The rest of `train`, run while this process holds the output directory's lock."
+    if rank == 0: ensure_writable_dir(out / 'checkpoints', 'checkpoint directory', ExitCode.TRAINING)
     if rank == 0: recover_checkpoints(out / 'checkpoints')
     if world > 1: _any_rank(False, world, device)  # wait for rank 0's checks
     micro = cfg.batch_size // cfg.grad_accum
