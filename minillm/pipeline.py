@@ -4,21 +4,22 @@
 
 # %% ../nbs/06_pipeline.ipynb #a080baa7
 from __future__ import annotations
-import argparse, contextlib, datetime as dt, hashlib, importlib, importlib.util, json, os, platform, shutil, signal
-import subprocess, sys, tempfile, threading, time
+import argparse, contextlib, datetime as dt, hashlib, importlib, importlib.util, json, os, platform, shlex, shutil
+import signal, subprocess, sys, tempfile, threading, time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import minillm
 from .core import (ExitCode, MinillmError, add_command, atomic_write, ensure_free_disk, parse_duration,
-                          ensure_writable_dir, sha256_file)
+                          ensure_writable_dir, run_lock, sha256_file)
+from .corpus import check_mirror, parse_books
 
 # %% auto #0
 __all__ = ['PHASES', 'REQUIRED_PACKAGES', 'KERNEL_NAME', 'PipelineConfig', 'Phase', 'training_budget', 'phase_parameters',
            'find_notebooks', 'check_packages', 'install_kernel', 'check_kernel', 'check_prerequisites', 'run_notebook',
            'make_notebook', 'has_checkpoints', 'resolve_resume', 'phase_fingerprint', 'corpus_intact',
            'outputs_present', 'versions', 'git_commit', 'samples_of', 'write_report', 'report_markdown',
-           'check_outputs', 'forward_interrupts', 'run_pipeline', 'make_standin_notebooks', 'add_cli']
+           'check_outputs', 'forward_interrupts', 'resume_command', 'run_pipeline', 'make_standin_notebooks', 'add_cli']
 
 # %% ../nbs/06_pipeline.ipynb #3699c4ff
 @dataclass
@@ -330,48 +331,78 @@ def _kernel_pids() -> list[int]:
     return pids
 
 @contextlib.contextmanager
-def forward_interrupts():
-    "While active, the first SIGINT/SIGTERM is sent to the kernels as SIGINT; the second interrupts here."
-    hits, old = [], {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+def forward_interrupts(poll: float = 0.2):
+    "Yield the list of stop signals received; the first is sent on to every kernel as SIGINT, the second interrupts here."
+    stops, sent, done = [], set(), threading.Event()
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    def forward():  # each kernel gets one SIGINT, also one that starts after the signal came
+        for pid in set(_kernel_pids()) - sent:
+            with contextlib.suppress(OSError): os.kill(pid, signal.SIGINT); sent.add(pid)
     def handler(signum, frame):
-        hits.append(signum)
-        if len(hits) > 1: raise KeyboardInterrupt
+        stops.append(signal.Signals(signum).name)
+        if len(stops) > 1: raise KeyboardInterrupt(stops[-1])
         print('\ninterrupting: the running notebook saves its state and stops (again to stop at once)', file=sys.stderr)
-        for pid in _kernel_pids():
-            with contextlib.suppress(OSError): os.kill(pid, signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread(): yield; return
+        forward()
+    def watch():
+        while not done.wait(poll):
+            if stops: forward()
+    if threading.current_thread() is not threading.main_thread(): yield stops; return
+    watcher = threading.Thread(target=watch, daemon=True)
     for s in old: signal.signal(s, handler)
-    try: yield
+    watcher.start()
+    try: yield stops
     finally:
+        done.set()
         for s, h in old.items(): signal.signal(s, h)
 
 # %% ../nbs/06_pipeline.ipynb #47a82999
+def resume_command(cfg: PipelineConfig) -> str:
+    "The command line that continues the run `cfg`: its options that differ from the defaults, plus `--resume`."
+    args, default = ['minillm', 'pipeline', '--run-dir', str(cfg.run_dir)], PipelineConfig()
+    for f in fields(PipelineConfig):
+        v = getattr(cfg, f.name)
+        if f.name in ('run_dir', 'resume', 'force_restart', 'validation') or v == getattr(default, f.name): continue
+        args += ['--' + f.name.replace('_', '-')] + ([] if isinstance(v, bool) else [str(v)])
+    args += [a for k, v in cfg.validation.items() for a in ('--validation-param', f'{k}={json.dumps(v)}')]
+    return shlex.join(args + ['--resume'])
+
+def _interrupted(cfg: PipelineConfig, when: str, dest=None) -> MinillmError:
+    nb = f' (executed notebook: {dest})' if dest else ''
+    return MinillmError(f'interrupted {when}{nb}; finished phases and training checkpoints are kept: continue with '
+                        f'`{resume_command(cfg)}`', ExitCode.INTERRUPTED)
+
+# %% ../nbs/06_pipeline.ipynb #23097dfe
 def run_pipeline(cfg: PipelineConfig, ask=None, isatty=None, quiet: bool = False) -> Path:
-    "Run every phase for `cfg`; return the path of the report."
+    "Run every phase for `cfg`, holding the run directory's lock; return the path of the report."
     nbs = check_prerequisites(cfg)
-    resolve_resume(cfg, ask, isatty)
+    with run_lock(cfg.run_dir):  # a second pipeline into this directory is refused, never interleaved
+        resolve_resume(cfg, ask, isatty)
+        with forward_interrupts() as stops: durations, skipped = _run_phases(cfg, nbs, stops, quiet)
+        return write_report(cfg, durations, skipped)
+
+def _run_phases(cfg: PipelineConfig, nbs: Path, stops: list, quiet: bool) -> tuple[dict, list]:
     run = Path(cfg.run_dir); (run/'notebooks').mkdir(exist_ok=True)
     state_path, durations, skipped = run/'pipeline_state.json', {}, []
     state = _read_json(state_path)
     for i, phase in enumerate(PHASES, 1):
+        if stops: raise _interrupted(cfg, f'before {phase.name}')
         dest = run/'notebooks'/phase.notebook
         if why := _skip(phase.name, cfg, state):
             print(f'\n=== [{i}/{len(PHASES)}] {phase.name}: skipped ({why})', flush=True)
             skipped.append(phase.name); continue
         _header(i, phase, dest); t0 = time.perf_counter()
         state.pop(phase.name, None)
-        try:
-            with forward_interrupts():
-                run_notebook(nbs/phase.notebook, dest, phase_parameters(phase.name, cfg), phase.exit_code, quiet=quiet)
-        except KeyboardInterrupt:
-            raise MinillmError(f'interrupted during {phase.name} (executed notebook: {dest}); training saves its '
-                               f'state first: rerun with --resume to continue', ExitCode.INTERRUPTED) from None
+        try: run_notebook(nbs/phase.notebook, dest, phase_parameters(phase.name, cfg), phase.exit_code, quiet=quiet)
+        except MinillmError as e:  # a kernel the interrupt reached while it started fails its own way: still an interrupt
+            if e.exit_code == ExitCode.INTERRUPTED or stops: raise _interrupted(cfg, f'during {phase.name}', dest) from None
+            raise
+        except KeyboardInterrupt: raise _interrupted(cfg, f'during {phase.name}', dest) from None
         durations[phase.name] = round(time.perf_counter() - t0, 2)
         check_outputs(phase, cfg, dest)
         if fp := phase_fingerprint(phase.name, cfg): state[phase.name] = fp
         with atomic_write(state_path) as f: json.dump(state, f, indent=2)
         print(f'=== {phase.name} done in {durations[phase.name]:.1f} s', flush=True)
-    return write_report(cfg, durations, skipped)
+    return durations, skipped
 
 # %% ../nbs/06_pipeline.ipynb #52dda606
 def make_standin_notebooks(folder, fail: str = '') -> Path:
@@ -446,7 +477,9 @@ def add_cli(subparsers) -> None:
 def _pipeline_command(args) -> int:
     cfg = PipelineConfig(**{f.name: getattr(args, f.name) for f in fields(PipelineConfig) if f.name != 'validation'},
                          validation=dict(args.validation_param))
-    if training_budget(cfg.max_time): parse_duration(cfg.max_time)  # a bad budget is a usage error, up front
+    if training_budget(cfg.max_time): parse_duration(cfg.max_time)  # bad values are usage errors, up front
+    if cfg.books: parse_books(cfg.books)
+    if cfg.mirror: check_mirror(cfg.mirror)
     report = run_pipeline(cfg)
     val = _read_json(Path(cfg.run_dir)/'validation.json')
     samples = samples_of(val)

@@ -420,5 +420,7 @@ def test_sigterm_reaches_the_training_notebook_which_saves_then_exit_130(tmp_pat
     rest, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
     assert (run/'train'/'saved').read_text() == 'state'
-    assert err.strip().splitlines()[-1] == (f'minillm pipeline: error: interrupted in {run}/notebooks/04_training.ipynb; '
-                                            'rerun with --resume to continue')
+    assert err.strip().splitlines()[-1] == (f'minillm pipeline: error: interrupted during training (executed notebook: '
+                                            f'{run}/notebooks/04_training.ipynb); finished phases and training checkpoints '
+                                            f'are kept: continue with `minillm pipeline --run-dir {run} --min-free-disk 0.01 '
+                                            f'--notebooks {nbs} --resume`')
