@@ -113,11 +113,12 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.95), eps=1e-8, **fast)
 
 # %% ../nbs/04_training.ipynb #ea3e9cd6
-def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, total_steps: int, cfg: TrainConfig, time_frac: float = 0.0) -> float:
     "Learning rate at optimizer step `step` (0-based): linear warmup, then cosine decay to `min_lr`."
     if step < cfg.warmup: return cfg.learning_rate * (step + 1) / cfg.warmup
-    if step >= total_steps: return cfg.min_lr
-    progress = (step - cfg.warmup) / max(1, total_steps - cfg.warmup)
+    # progress through the decay: by steps, or by the share of a time budget spent if that is further
+    progress = max((step - cfg.warmup) / max(1, total_steps - cfg.warmup), time_frac)
+    if progress >= 1: return cfg.min_lr
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
 # %% ../nbs/04_training.ipynb #6a5d2c52
@@ -146,7 +147,10 @@ def measure_dtype(model, x, y, device: torch.device, reps: int = 3) -> dict[str,
                 if i == 1: _sync(device); t0 = time.perf_counter()
                 with autocast(device, dtype): loss = model(x, y)[1]
                 loss.backward()
-            _sync(device); times[dtype] = (time.perf_counter() - t0) / reps
+                if i >= 1 and dtype != 'float32':  # already twice as slow: it has lost, stop paying for it
+                    _sync(device); per_pass = (time.perf_counter() - t0) / i
+                    if per_pass > 2 * times['float32']: break
+            _sync(device); times[dtype] = (time.perf_counter() - t0) / i
         except RuntimeError: times[dtype] = float('inf')  # bfloat16 unsupported here
     model.zero_grad(set_to_none=True)
     return times
@@ -288,12 +292,16 @@ def ranks_in_sync(model, world: int, device) -> bool:
     every = [torch.zeros_like(mine) for _ in range(world)]; dist.all_gather(every, mine)
     return all(torch.equal(e, every[0]) for e in every)
 
+def _rank_max(value: float, world: int, device) -> float:
+    "The largest `value` over all ranks, on every rank (clocks differ; decisions made from them must not)."
+    if world == 1: return value
+    import torch.distributed as dist
+    t = torch.tensor([float(value)], device=device); dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
 def _any_rank(flag: bool, world: int, device) -> bool:
     "True on every rank if `flag` is true on any (so all ranks stop at the same step)."
-    if world == 1: return flag
-    import torch.distributed as dist
-    t = torch.tensor([float(flag)], device=device); dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return bool(_rank_max(float(flag), world, device))
 
 # %% ../nbs/04_training.ipynb #d5bf414d
 @torch.no_grad()
@@ -414,7 +422,8 @@ def _resolve_dtype(cfg, state, model, train_data, mc, device, micro) -> str:
     if state['dtype']: return state['dtype']       # a resumed run keeps its number format
     if cfg.dtype != 'auto': return cfg.dtype
     if device.type == 'mps': return 'float32'
-    x, y = get_batch(train_data, np.arange(micro, dtype=np.int64) * mc.block_size, mc.block_size)
+    rows = micro if device.type == 'cuda' else min(micro, 4)  # a CPU probe only needs the ratio
+    x, y = get_batch(train_data, np.arange(rows, dtype=np.int64) * mc.block_size, mc.block_size)
     t = measure_dtype(model, x.to(device), y.to(device), device)
     return 'bfloat16' if t['bfloat16'] < 0.9 * t['float32'] else 'float32'
 
@@ -429,7 +438,11 @@ def train(config: TrainConfig) -> dict:
     mc = model_config(cfg, meta['vocab_size'])
     if rank == 0: ensure_writable_dir(out, 'output directory', ExitCode.TRAINING)
     with run_lock(out, ExitCode.TRAINING) if rank == 0 else contextlib.nullcontext():  # one run per directory
-        return _train_locked(cfg, data, out, meta, mc, device, rank, world)
+        try: return _train_locked(cfg, data, out, meta, mc, device, rank, world)
+        except OSError as e:  # a disk that fills up while metrics or the summary are written: checkpoints are safe
+            raise MinillmError(f'training stopped: {e.strerror or e}{f" ({e.filename})" if e.filename else ""}; the '
+                               f'checkpoints written so far are intact: fix that, then continue with --resume',
+                               ExitCode.TRAINING) from None
 
 def _train_locked(cfg, data, out, meta, mc, device, rank, world) -> dict:
     "The rest of `train`, run while this process holds the output directory's lock."
@@ -446,7 +459,9 @@ def _train_locked(cfg, data, out, meta, mc, device, rank, world) -> dict:
     if rank == 0:  # last, best and one being written, each with weights and AdamW's two moments in float32
         ensure_free_disk(out, 3 * 3 * 4 * count_params(mc) + (4 << 20), 'checkpoints', ExitCode.TRAINING)
     model, opt, state, ck_root = _setup(cfg, data, out, meta, mc, device, rank, world)
-    state['dtype'] = dtype = _resolve_dtype(cfg, state, model, train_data, mc, device, micro // world)
+    dtype = _resolve_dtype(cfg, state, model, train_data, mc, device, micro // world)
+    # each rank timed its own probe: if any found bfloat16 faster, all use it (they must agree)
+    state['dtype'] = dtype = 'bfloat16' if _any_rank(dtype == 'bfloat16', world, device) else 'float32'
     return _loop(cfg, data, out, meta, mc, device, rank, world, train_data, val_data, model, opt, state, ck_root, dtype)
 
 # %% ../nbs/04_training.ipynb #8ed9cb4e
@@ -485,7 +500,8 @@ def _loop(cfg, data, out, meta, mc, device, rank, world, train_data, val_data, m
                     if device.type == 'cuda': x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
                     elif device.type != 'cpu': x, y = x.to(device), y.to(device)
                     batches.append((x, y))
-                lr = lr_at(state['global_step'], total_steps, cfg)
+                frac = _rank_max(state['elapsed'] / budget, world, device) if budget < math.inf else 0.0
+                lr = lr_at(state['global_step'], total_steps, cfg, frac)  # every rank must use the same rate
                 loss_acc += train_step(net, opt, batches, lr, cfg, device, dtype)
                 state['step'] += 1; state['global_step'] += 1; state['tokens'] += tokens_per_step; state['loss_count'] += 1
                 bar.update(1)
@@ -557,8 +573,18 @@ def _finish(cfg, out, state, model, mc, device, dtype, world, rank, stopped, tot
         _log(f'stopped by {stopped} at epoch {state["epoch"] + 1} step {state["step"]} (step {state["global_step"]} of '
              f'{total_steps}); saved {out / "checkpoints" / "last"}; continue with the same command plus --resume', rank)
         raise KeyboardInterrupt(stopped)
-    if stopped: _log(f'stopped at the {stopped} limit after {state["global_step"]} steps; continue with --resume', rank)
+    if stopped == 'max_time':  # the budget counts all training so far, so the same budget would stop at once
+        _log(f'stopped at the --max-time {cfg.max_time} budget after {state["global_step"]} steps; to train on, '
+             f'add --resume with a longer budget, such as --max-time {_longer(cfg.max_time)} (or none)', rank)
+    elif stopped:
+        _log(f'stopped at --max-steps {cfg.max_steps}; to train on, add --resume with a larger --max-steps', rank)
     return summary
+
+def _longer(budget: str) -> str:
+    "Twice the time budget `budget`, written as --max-time takes it: 4m -> 8m, 45m -> 1h30m."
+    s = round(2 * parse_duration(budget))
+    parts = [(s // 3600, 'h'), (s % 3600 // 60, 'm'), (s % 60, 's')]
+    return ''.join(f'{n}{u}' for n, u in parts if n) or '1m'
 
 # %% ../nbs/04_training.ipynb #0f50b19a
 def _run_train(args) -> int:

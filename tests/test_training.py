@@ -89,6 +89,20 @@ def test_train_layout_and_learning(shards, tmp_path):
     assert model.config.n_embd == 32 and model.config.vocab_size == VOCAB
 
 
+def test_time_budget_ends_annealed_and_says_how_to_go_on(shards, tmp_path):
+    "Under --max-time the cosine follows the budget: the run stops near min_lr, and says to resume with a longer budget."
+    out = tmp_path / 'run'
+    r = cli(*TINY, '--data', str(shards), '--out', str(out), '--epochs', '1000', '--warmup', '5',
+            '--min-lr', '3e-5', '--eval-every', '20', '--max-time', '3s')
+    assert r.returncode == 0, r.stderr
+    assert 'stopped at the --max-time 3s budget' in r.stderr and '--resume' in r.stderr and '--max-time 6s' in r.stderr
+    lrs = [json.loads(l)['lr'] for l in (out / 'metrics.jsonl').read_text().splitlines()]
+    assert len(lrs) >= 3 and lrs == sorted(lrs, reverse=True)               # decaying all along
+    assert lrs[-1] < 3e-5 + 0.05 * (3e-3 - 3e-5)                             # and at the end, near min_lr
+    s = json.loads((out / 'summary.json').read_text())
+    assert s['total_steps'] > 2 * s['steps']                                 # while the step schedule had far to go
+
+
 # --- exact resume -------------------------------------------------------------------------------------------
 
 def test_resume_after_max_steps_is_bitwise_exact(shards, tmp_path):
@@ -96,7 +110,7 @@ def test_resume_after_max_steps_is_bitwise_exact(shards, tmp_path):
     ref, cut = tmp_path / 'ref', tmp_path / 'cut'
     assert cli(*args, '--out', str(ref)).returncode == 0
     r = cli(*args, '--out', str(cut), '--max-steps', '40')                  # stops mid-epoch 2, resumably
-    assert r.returncode == 0 and 'max_steps' in r.stderr
+    assert r.returncode == 0 and 'stopped at --max-steps 40' in r.stderr and 'larger --max-steps' in r.stderr
     assert json.loads((cut / 'checkpoints' / 'last' / 'state.json').read_text())['global_step'] == 40
     r = cli(*args, '--out', str(cut), '--resume')
     assert r.returncode == 0, r.stderr
