@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .core import MinillmError, ExitCode, add_command, atomic_write
 from .model import MiniLLM, load_model
-from .tokenizer import Tokenizer, read_meta, load_shard
+from .tokenizer import Tokenizer, check_shards, read_meta, load_shard
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FILES', 'WORD', 'VALIDATE_PROMPTS', 'find_checkpoint', 'load', 'check_sampling', 'filter_logits',
@@ -295,6 +295,7 @@ def validate(checkpoint_dir, data_dir=None, corpus_dir=None, max_bpb_ratio: floa
     ck = find_checkpoint(checkpoint_dir)
     model, tok = load(ck, device)
     data, corpus = validation_inputs(ck, data_dir, corpus_dir)
+    check_shards(data, ck / 'tokenizer.model', ExitCode.USAGE)        # complete, and encoded with this model's tokenizer
     scores = score_split(model, tok, data, max_tokens)
     prompts = (VALIDATE_PROMPTS * n_samples)[:n_samples]
     samples = generate(model, tok, prompts, sample_tokens, temperature=temperature, top_k=top_k, seed=seed)
@@ -331,12 +332,12 @@ def check_report(report: dict) -> dict:
 # %% ../nbs/05_generation.ipynb #51c34dd5
 def evaluate(checkpoint_dir, text_file, stride: int | None = None, device='cpu') -> dict:
     "Perplexity, bits per token, byte and character of a UTF-8 text file under a checkpoint, over the whole file."
-    model, tok = load(checkpoint_dir, device)
-    try: text = Path(text_file).read_text(encoding='utf-8')
+    try: text = Path(text_file).read_text(encoding='utf-8')           # the text first: a typo fails before the model loads
     except (OSError, UnicodeDecodeError) as e:
         raise MinillmError(f'cannot read {text_file} as UTF-8 text ({e.__class__.__name__}: {e}); pass a UTF-8 text file', ExitCode.USAGE) from None
+    if not text: raise MinillmError(f'{text_file} is empty: nothing to evaluate', ExitCode.USAGE)
+    model, tok = load(checkpoint_dir, device)
     ids = [tok.eos_id] + tok.encode_array(text).tolist()              # an end-of-text token starts it, as in training
-    if len(ids) < 2: raise MinillmError(f'{text_file} is empty: nothing to evaluate', ExitCode.USAGE)
     nats = float(token_nll(model, ids, stride).sum())
     n, stride = len(ids) - 1, min(stride or model.config.block_size // 2, model.config.block_size)
     return dict(file=str(text_file), tokens=n, bytes=len(text.encode()), characters=len(text), block_size=model.config.block_size,
