@@ -333,7 +333,11 @@ def _run_quality(args) -> int:
     budget = parse_duration(args.budget)
     if budget <= 0: raise MinillmError(f'bench quality: --budget must be positive, not {args.budget!r}')
     r = recipe_for(budget)
-    if args.recipe: r = Recipe(**{**asdict(r), **json.loads(args.recipe)})
+    if args.recipe:
+        try: r = Recipe(**{**asdict(r), **json.loads(args.recipe)})
+        except (ValueError, TypeError) as e:
+            raise MinillmError(f'bench quality: bad --recipe {args.recipe!r} ({e}); give a JSON object of Recipe fields, '
+                               f'for example \'{{"vocab_size": 512}}\'') from None
     out = args.out or str(Path(tempfile.mkdtemp(prefix='minillm-bench-')))
     res = bench_quality(train_text, val_text, budget, out, r, args.seed, log=None if args.quiet else lambda m: print(m, flush=True))
     _write_json(args.json, res)
