@@ -202,6 +202,7 @@ def _encode_split(tok: Tokenizer, corpus_dir, split: str, f, dtype, total: int, 
                 f.write(ids.tobytes()); tokens += len(ids)
                 n = len(chunk.encode('utf-8')); nbytes += n; bar.update(n)
             f.write(eos.tobytes()); tokens += 1
+    f.flush(); os.fsync(f.fileno())  # a full disk shows here, while the shards that were there are still whole
     return tokens, nbytes
 
 def _chunks(text: str, size: int = 1 << 22):
