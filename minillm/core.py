@@ -101,11 +101,13 @@ def read_lock(directory) -> dict | None:
 
 def _owner_text(owner: dict | None) -> str:
     if not owner: return 'another process (it has not written its name yet)'
-    return f'pid {owner.get("pid")} on {owner.get("host")} (`{owner.get("command")}`, started {owner.get("started")})'
+    what = f'`{owner["command"]}`' if owner.get('command') else 'a notebook kernel: a chapter, or a phase of minillm pipeline'
+    return f'pid {owner.get("pid")} on {owner.get("host")} ({what}, started {owner.get("started")})'
 
-def _command_line() -> str:
-    "This process's command line, with `python -m minillm` shown as `minillm`."
+def _command_line() -> str | None:
+    "This process's command line, with `python -m minillm` shown as `minillm`; None in a notebook kernel."
     prog = sys.argv[0] if sys.argv and sys.argv[0] else 'python'
+    if 'ipykernel' in Path(prog).name: return None  # its command line (a connection file) says nothing useful
     prog = 'minillm' if prog.endswith(('minillm', f'minillm{os.sep}__main__.py')) else Path(prog).name
     return ' '.join([prog] + sys.argv[1:])
 
