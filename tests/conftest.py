@@ -13,3 +13,20 @@ def root() -> Path:
 def venv_bin() -> Path:
     "The folder holding this interpreter's console scripts (nbdev_export, jupyter-book, minillm)."
     return Path(sys.executable).parent
+
+
+def pytest_configure(config):
+    config._minillm_fault_report = []
+
+
+@pytest.fixture(scope='session')
+def fault_report(pytestconfig) -> list:
+    "Lines a fault-injection test adds here are printed in the terminal summary (trial counts and outcomes)."
+    return pytestconfig._minillm_fault_report
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    lines = getattr(config, '_minillm_fault_report', [])
+    if lines:
+        terminalreporter.write_sep('-', 'fault injection')
+        for line in lines: terminalreporter.write_line(line)
