@@ -26,24 +26,12 @@ from minillm.core import LOCK_FILE, ExitCode, MinillmError, main, read_lock, run
 from minillm.corpus import build_corpus, download_book
 from minillm.model import ModelConfig
 from minillm.reliability import (BAD_INPUTS, TRAIN_ARGS, check_bad_input, error_line, malicious_pickle,
-                                 real_tokenizer, run_cli, write_shards)
+                                 real_tokenizer, run_cli)
+from test_training import make_shards as learnable_shards  # chapter 4's shards with bigram structure: `best` improves
 
 torch.set_num_threads(1)  # tiny models run fastest, and deterministically, on one thread beside other jobs
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONUNBUFFERED='1')
-
-
-def learnable_shards(d: Path, n_train: int = 4000, n_val: int = 600) -> Path:
-    "Shards of a sequence with bigram structure, so validation loss improves and `best` is saved often."
-    rng = np.random.default_rng(0)
-    nxt = rng.integers(0, 64, (64, 2))
-    toks = [0]
-    for _ in range(n_train + n_val - 1):
-        toks.append(int(nxt[toks[-1], rng.integers(2)]) if rng.random() > .1 else int(rng.integers(64)))
-    d = write_shards(d, n_train, n_val)
-    ids = np.array(toks, dtype=np.uint16)
-    ids[:n_train].tofile(d/'train.bin'); ids[n_train:].tofile(d/'val.bin')
-    return d
 
 
 def weights(run: Path, name: str) -> dict:
