@@ -113,12 +113,11 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.95), eps=1e-8, **fast)
 
 # %% ../nbs/04_training.ipynb #ea3e9cd6
-def lr_at(step: int, total_steps: int, cfg: TrainConfig, time_frac: float = 0.0) -> float:
+def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
     "Learning rate at optimizer step `step` (0-based): linear warmup, then cosine decay to `min_lr`."
     if step < cfg.warmup: return cfg.learning_rate * (step + 1) / cfg.warmup
-    # progress through the decay: by steps, or by the share of a time budget spent if that is further
-    progress = max((step - cfg.warmup) / max(1, total_steps - cfg.warmup), time_frac)
-    if progress >= 1: return cfg.min_lr
+    if step >= total_steps: return cfg.min_lr
+    progress = (step - cfg.warmup) / max(1, total_steps - cfg.warmup)
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
 # %% ../nbs/04_training.ipynb #6a5d2c52
@@ -500,8 +499,7 @@ def _loop(cfg, data, out, meta, mc, device, rank, world, train_data, val_data, m
                     if device.type == 'cuda': x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
                     elif device.type != 'cpu': x, y = x.to(device), y.to(device)
                     batches.append((x, y))
-                frac = _rank_max(state['elapsed'] / budget, world, device) if budget < math.inf else 0.0
-                lr = lr_at(state['global_step'], total_steps, cfg, frac)  # every rank must use the same rate
+                lr = lr_at(state['global_step'], total_steps, cfg)
                 loss_acc += train_step(net, opt, batches, lr, cfg, device, dtype)
                 state['step'] += 1; state['global_step'] += 1; state['tokens'] += tokens_per_step; state['loss_count'] += 1
                 bar.update(1)
