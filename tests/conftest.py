@@ -1,4 +1,4 @@
-import os, sys
+import contextlib, http.server, sys, threading
 from pathlib import Path
 import pytest
 
@@ -13,6 +13,16 @@ def root() -> Path:
 def venv_bin() -> Path:
     "The folder holding this interpreter's console scripts (nbdev_export, jupyter-book, minillm)."
     return Path(sys.executable).parent
+
+
+@contextlib.contextmanager
+def local_server(handler):
+    "Serve `handler` on 127.0.0.1 at a free port in a background thread; yield its base URL (no test touches the internet)."
+    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    srv.daemon_threads = True  # a handler stuck in a slow answer must not block shutdown
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try: yield f'http://127.0.0.1:{srv.server_address[1]}'
+    finally: srv.shutdown(); srv.server_close()
 
 
 def pytest_configure(config):

@@ -1,9 +1,10 @@
 """Chapter 1, corpus: downloads against a local server, every bad input, the bundled corpus, the contract
 that the tokenizer chapter reads (corpus.txt + manifest.json + iter_documents), and flat memory."""
-import collections, hashlib, http.server, json, os, subprocess, sys, threading, time, tracemalloc, unicodedata
+import collections, hashlib, http.server, json, os, subprocess, sys, time, tracemalloc, unicodedata
 from pathlib import Path
 
 import pytest
+from conftest import local_server  # a mirror on 127.0.0.1
 from hypothesis import given, settings, strategies as st
 
 import minillm.corpus as corpus
@@ -70,11 +71,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope='module')
 def mirror():
-    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f'http://127.0.0.1:{srv.server_address[1]}'
-    srv.shutdown(); srv.server_close()
+    with local_server(Handler) as url: yield url
 
 
 @pytest.fixture

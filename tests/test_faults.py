@@ -15,8 +15,8 @@ import collections, contextlib, errno, http.server, io, json, mmap, os, pickle, 
 import socket, struct, subprocess, sys, threading, time
 from pathlib import Path
 
-import numpy as np
 import pytest
+from conftest import local_server  # a mirror on 127.0.0.1
 import torch
 from safetensors.torch import load_file
 
@@ -560,11 +560,7 @@ class Mirror(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope='module')
 def mirror():
-    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Mirror)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f'http://127.0.0.1:{srv.server_address[1]}'
-    srv.shutdown(); srv.server_close()
+    with local_server(Mirror) as url: yield url
 
 
 def cache_listing(cache: Path) -> list:
@@ -608,22 +604,18 @@ def test_sigterm_during_a_download(mirror, tmp_path):
                 for i in range(0, len(BOOK), 200):
                     self.wfile.write(BOOK[i:i + 200]); self.wfile.flush(); Slow.started.set(); time.sleep(0.2)
             except OSError: pass
-    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Slow); srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
+    with local_server(Slow) as url:
         out, cache = tmp_path/'out', tmp_path/'cache'
         (tmp_path/'a.txt').write_text('One paragraph.\n\nAnother one.\n')
         build_corpus(out, files=[tmp_path/'a.txt'], progress=False)
         before = files_of(out)
         p = subprocess.Popen([sys.executable, '-m', 'minillm', 'corpus', '--books', '7', '--out', str(out), '--cache',
-                              str(cache), '--mirror', f'http://127.0.0.1:{srv.server_address[1]}', '--quiet'],
+                              str(cache), '--mirror', url, '--quiet'],
                              env=ENV, stderr=subprocess.PIPE, text=True)
         assert Slow.started.wait(60)
         time.sleep(0.3)
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=60)
-    finally:
-        srv.shutdown(); srv.server_close()
     assert p.returncode == ExitCode.INTERRUPTED and error_line(err) == 'minillm corpus: interrupted', err
     assert cache_listing(cache) == [] and files_of(out) == before
 

@@ -1,9 +1,10 @@
 """Chapter 6, pipeline: the papermill runner on stand-in notebooks (every exit code, the resume prompt,
 argument and prerequisite errors), real chapter failures, and one end-to-end run of the real chapters."""
-import builtins, http.server, json, lzma, os, shutil, subprocess, sys, threading
+import builtins, http.server, json, lzma, os, shutil, subprocess, sys
 from pathlib import Path
 
 import pytest
+from conftest import local_server  # a mirror on 127.0.0.1
 
 import minillm.pipeline as pl
 from minillm.core import ExitCode, MinillmError, main
@@ -259,10 +260,7 @@ class Mirror(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope='module')
 def mirror():
-    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Mirror)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f'http://127.0.0.1:{srv.server_address[1]}'
-    srv.shutdown(); srv.server_close()
+    with local_server(Mirror) as url: yield url
 
 
 @pytest.fixture(autouse=True)
