@@ -19,7 +19,7 @@ from .model import ModelConfig, MiniLLM, MODEL_PRESETS, count_params, flops_per_
 from .training import TrainConfig, make_optimizer, train_step, get_batch
 
 # %% auto #0
-__all__ = ['RECIPES', 'timed', 'rate', 'cpu_model', 'machine_info', 'matmul_peak', 'training_speed', 'greedy_tokens',
+__all__ = ['RECIPES', 'timed', 'rate', 'cpu_model', 'machine_info', 'matmul_peak', 'training_speed', 'mfu_text', 'greedy_tokens',
            'generation_speed', 'step_profile', 'speedups', 'text_corpus', 'tokenizer_speed', 'Recipe', 'recipe_for',
            'lr_for_time', 'train_for_time', 'sum_nll', 'text_bits', 'bench_quality', 'read_pipeline_times',
            'bench_speed', 'quality_texts', 'add_cli']
@@ -79,6 +79,12 @@ def training_speed(mc: ModelConfig, batch_size: int, dtype: str = 'float32', ste
                flops_per_token=flops_per_token(mc), tokens_per_s=tps)
     if peak: out['mfu'] = tps['median'] * flops_per_token(mc) / peak
     return out
+
+def mfu_text(s: dict) -> str:
+    "The MFU of a `training_speed` result as text; 'n/a' above 100%, which is not a utilisation."
+    # autocast kept part of the work in float32, faster than the measured peak of the format timed against
+    return f"MFU {s['mfu']:.1%}" if s['mfu'] <= 1 else 'MFU n/a (autocast ran part in float32)'
+
 
 # %% ../nbs/07_bench.ipynb #79bc865e
 @torch.no_grad()
@@ -289,7 +295,7 @@ def bench_speed(shape: ModelConfig, batch_size: int = 12, repeats: int = 5, matm
     for name, mc, b in (('default', default, 32), ('given', shape, batch_size)):
         for dt_ in dtypes:
             s = dict(training_speed(mc, b, dt_, steps, repeats, peak=res['peak'][dt_]['median']), model=name)
-            res['training'].append(s); log(f'train {name} {dt_}: {s["tokens_per_s"]["median"]:,.0f} tok/s, ' + (f'MFU {s["mfu"]:.1%}' if s['mfu'] <= 1 else 'MFU n/a (faster than the measured peak: autocast ran part in float32)'))
+            res['training'].append(s); log(f'train {name} {dt_}: {s["tokens_per_s"]["median"]:,.0f} tok/s, {mfu_text(s)}')
     res['speedups'] = speedups(shape, batch_size, steps, repeats, compile)
     log('speed-ups: ' + ', '.join(f'{k} {v["tokens_per_s"]["median"]:,.0f}' for k, v in res['speedups']['variants'].items()) + ' tok/s')
     res['profile'] = step_profile(default, 32, steps=max(1, min(steps, 3)))
