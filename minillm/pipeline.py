@@ -88,7 +88,7 @@ def find_notebooks(override: str = '') -> Path:
                        f'{", ".join(missing)}); reinstall minillm or pass --notebooks DIR', ExitCode.USAGE)
 
 # %% ../nbs/06_pipeline.ipynb #1276924d
-REQUIRED_PACKAGES = ['torch', 'numpy', 'sentencepiece', 'safetensors', 'tqdm', 'matplotlib',
+REQUIRED_PACKAGES = ['torch', 'numpy', 'sentencepiece', 'safetensors', 'tqdm', 'matplotlib', 'fastcore',
                      'papermill', 'nbformat', 'ipykernel']
 
 def check_packages(names=None) -> None:
@@ -152,6 +152,11 @@ def run_notebook(src, dest, parameters: dict, exit_code: int, cwd=None, quiet: b
     except PapermillExecutionError as e:
         if e.ename == 'KeyboardInterrupt':
             raise MinillmError(f'interrupted in {dest}; rerun with --resume to continue', ExitCode.INTERRUPTED) from None
+        if e.ename == 'ModuleNotFoundError':  # a missing package is a prerequisite, not a failed stage
+            name = e.evalue.split("'")[1] if e.evalue.count("'") >= 2 else e.evalue
+            raise MinillmError(f'{Path(src).name} needs the Python package {name!r}, which is not installed; '
+                               f'install it with `{Path(sys.executable).name} -m pip install {name}`, then rerun '
+                               f'(executed notebook: {dest})', ExitCode.USAGE) from None
         why = e.evalue if e.ename == 'MinillmError' else f'{e.ename}: {e.evalue}'
         raise MinillmError(f'{why.splitlines()[0] if why else e.ename} (executed notebook: {dest})', exit_code) from None
     except (RuntimeError, OSError) as e:  # the kernel died or could not start

@@ -76,6 +76,15 @@ def test_failure_in_a_phase_maps_to_its_exit_code(tmp_path, capsys):
     assert nb.exists() and 'Traceback' not in err and not (tmp_path/'run'/'notebooks'/'04_training.ipynb').exists()
 
 
+def test_a_missing_package_in_a_chapter_is_a_usage_error_with_the_install_command(tmp_path, capsys):
+    "A chapter that imports a package the install lacks fails as a missing prerequisite (exit 1), not as its stage."
+    nbs = pl.make_standin_notebooks(tmp_path/'nbs')
+    pl.make_notebook(nbs/'01_corpus.ipynb', "out_dir = ''", 'import no_such_package_xyz')
+    code, out, err = pipeline(capsys, '--run-dir', tmp_path/'run', '--notebooks', nbs, *FAST)
+    assert code == ExitCode.USAGE, err
+    assert "needs the Python package 'no_such_package_xyz', which is not installed" in err
+    assert '-m pip install no_such_package_xyz' in err and err.count('\n') == 1 and 'Traceback' not in err
+
 def test_run_notebook_errors(tmp_path):
     pl.check_kernel()
     pl.make_notebook(tmp_path/'a.ipynb', 'x = 1', 'raise ValueError(f"bad x={x}")')

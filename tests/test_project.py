@@ -171,3 +171,38 @@ def test_cli_version_and_help():
         assert re.search(rf'^\s+minillm {name}\b', r.stdout, re.M), f'no example for {name} in --help'
     r = run([sys.executable, '-m', 'minillm', '--no-such-option'])
     assert r.returncode == 1 and 'Traceback' not in r.stderr and 'usage:' in r.stderr
+
+
+def _runtime_closure() -> set[str]:
+    "Normalised names of the runtime requirements in settings.ini and everything they require in turn."
+    import configparser
+    from importlib.metadata import PackageNotFoundError, requires
+    from packaging.requirements import Requirement
+    norm = lambda n: re.sub(r'[-_.]+', '-', n).lower()
+    cfg = configparser.ConfigParser(delimiters=['=']); cfg.read(ROOT/'settings.ini')
+    todo = [Requirement(r).name for r in cfg['DEFAULT']['requirements'].split()]
+    seen = set()
+    while todo:
+        name = norm(todo.pop())
+        if name in seen: continue
+        seen.add(name)
+        try: reqs = requires(name) or []
+        except PackageNotFoundError: continue
+        todo += [Requirement(r).name for r in reqs if 'extra ==' not in r]  # not the optional extras
+    return seen
+
+
+def test_every_import_the_pipeline_executes_is_a_runtime_requirement():
+    "The chapters `minillm pipeline` runs import only the standard library, minillm and what `pip install .` brings."
+    from importlib.metadata import packages_distributions
+    from minillm.pipeline import PHASES
+    dists, runtime = packages_distributions(), _runtime_closure()
+    norm = lambda n: re.sub(r'[-_.]+', '-', n).lower()
+    for phase in PHASES:
+        nb = json.loads((NBS/phase.notebook).read_text())
+        for cell in nb['cells']:
+            if cell['cell_type'] != 'code': continue
+            for mod in re.findall(r'^\s*(?:from|import)\s+(\w+)', ''.join(cell['source']), re.M):
+                if mod in sys.stdlib_module_names or mod in ('minillm', '__future__'): continue
+                owners = {norm(d) for d in dists.get(mod, [])}
+                assert owners & runtime, f'{phase.notebook} imports {mod} ({owners or "not installed"}), which `pip install .` does not bring'
