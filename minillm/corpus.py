@@ -178,11 +178,11 @@ def write_corpus(out_dir, docs: list[tuple[dict, Path]], val_fraction: float = 0
                             f'Project Gutenberg header and licence); choose another book')
             entries.append({**meta, 'bytes': end - start, 'sha256': dh.hexdigest(), 'span': (start, end),
                             'cleaning': asdict(stats)})
-        f.flush()
+        f.flush(); total = f.tell()  # before the split: its reads move the shared file offset
         with open(f.fileno(), 'rb', closefd=False) as r: _add_split(r, entries, val_fraction)
         manifest = {'cleaning_version': CLEANING_VERSION, 'val_fraction': val_fraction,
                     'split': 'tail-per-document', 'separator': DOC_SEPARATOR, 'sha256': h.hexdigest(),
-                    'bytes': f.tell(), 'documents': entries}
+                    'bytes': total, 'documents': entries}
         with atomic_write(out/'manifest.json') as m: json.dump(manifest, m, indent=1, ensure_ascii=False)
     return out/'corpus.txt'
 
@@ -243,9 +243,13 @@ class _Retry(Exception): "A failure worth retrying: a 5xx answer, a timeout, a b
 
 def _mib(n: int) -> str: return f'{n / 2**20:.1f} MiB'
 
-def fetch_url(url: str, dest, timeout: float = 30.0, max_bytes: int = 64 << 20, bar=None) -> Path:
+def fetch_url(url: str, dest, timeout: float = 30.0, max_bytes: int = 64 << 20, bar=None,
+              deadline: float = 600.0) -> Path:
     "Download `url` to `dest` atomically; raise `_Retry` for 5xx and timeouts, `MinillmError` otherwise."
     check_mirror(url)
+    # `timeout` bounds each read; a server that trickles a byte at a time never trips it, so the
+    # whole file also gets `deadline` seconds
+    t_end = time.monotonic() + deadline
     req = urllib.request.Request(url, headers={'User-Agent': USER_AGENT})
     try:
         with _OPENER.open(req, timeout=timeout) as r, atomic_write(dest, 'wb') as f:
@@ -257,7 +261,10 @@ def fetch_url(url: str, dest, timeout: float = 30.0, max_bytes: int = 64 << 20, 
             if bar is not None and r.headers.get('Content-Length'):
                 bar.total = (bar.total or 0) + int(r.headers['Content-Length']); bar.refresh()
             head = b''
-            while b := r.read(1 << 16):
+            while b := r.read1(1 << 16):  # read1: whatever has arrived, so the deadline is checked often
+                if time.monotonic() > t_end:
+                    raise _fail(f'{url} sent {_mib(f.tell())} in {deadline:g} s, the limit for one file: the '
+                                f'server is too slow; try later or use another --mirror')
                 if f.tell() + len(b) > max_bytes:
                     raise _fail(f'{url} is over the {_mib(max_bytes)} limit for one book; check the book number')
                 f.write(b); head = head if len(head) >= 8192 else (head + b)[:8192]
@@ -304,7 +311,7 @@ def _cached(path: Path) -> bool:
     return path.exists() and side.exists() and side.read_text().strip() == sha256_file(path)
 
 def download_book(n: int, cache_dir=None, mirror: str | None = None, timeout: float = 30.0, retries: int = 3,
-                  backoff: float = 1.0, max_bytes: int = 64 << 20, bar=None) -> Path:
+                  backoff: float = 1.0, max_bytes: int = 64 << 20, bar=None, deadline: float = 600.0) -> Path:
     "The plain text of Project Gutenberg book `n`, from the cache or downloaded from `mirror`."
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:  # the number becomes a file name: nothing else may
         raise MinillmError(f'bad book number {n!r}: a Project Gutenberg number is a positive integer', ExitCode.USAGE)
@@ -316,7 +323,7 @@ def download_book(n: int, cache_dir=None, mirror: str | None = None, timeout: fl
     for form in URL_FORMS:
         url = f'{base}/{form.format(n=n)}'
         for attempt in range(retries + 1):
-            try: fetch_url(url, dest, timeout, max_bytes, bar)
+            try: fetch_url(url, dest, timeout, max_bytes, bar, deadline)
             except urllib.error.HTTPError as e:
                 if e.code == 404: break  # not at this URL form: try the next one
                 raise _fail(f'book {n}: {url} answered HTTP {e.code} {e.reason}; try later or another --mirror') from None

@@ -56,6 +56,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
             Handler.flaky[self.path] += 1
             if Handler.flaky[self.path] <= 2: return self._send(503, 'text/plain', b'busy')
             return self._send(200, 'text/plain', gutenberg(BOOK2, 'Flaky', n=10).encode())
+        if self.path == '/cache/epub/15/pg15.txt':  # trickles: a byte every 0.1 s, each read in time
+            body = gutenberg('slow ' * 400 + '\n').encode()
+            self.send_response(200); self.send_header('Content-Type', 'text/plain')
+            self.send_header('Content-Length', str(len(body))); self.end_headers()
+            try:
+                for i in range(len(body)): self.wfile.write(body[i:i + 1]); self.wfile.flush(); time.sleep(0.1)
+            except (BrokenPipeError, ConnectionResetError): pass
+            return
         if self.path == '/cache/epub/11/pg11.txt': return self._send(500, 'text/plain', b'broken')
         if self.path == '/cache/epub/14/pg14.txt': return self._send(403, 'text/plain', b'forbidden')
         status, ctype, body = ROUTES.get(self.path, (404, 'text/html', b'<html>Not Found</html>'))
@@ -164,6 +172,24 @@ def test_mirror_that_times_out(tmp_path, mirror, small_corpus):
                      progress=False)
     assert e.value.exit_code == ExitCode.CORPUS and unchanged(out, before)
 
+
+def test_a_trickling_mirror_meets_the_deadline_per_file(tmp_path, mirror, small_corpus):
+    "Each read arrives within the timeout, but the file as a whole must arrive within its deadline."
+    out, before = small_corpus
+    t0 = time.perf_counter()
+    with pytest.raises(MinillmError, match=r'in 1 s, the limit for one file: the server is too slow') as e:
+        download_book(15, tmp_path/'c', mirror=mirror, timeout=5, retries=0, deadline=1.0)
+    assert e.value.exit_code == ExitCode.CORPUS and time.perf_counter() - t0 < 10
+    assert not (tmp_path/'c'/'pg15.txt').exists() and unchanged(out, before)
+
+
+def test_manifest_counts_the_bytes_of_a_single_local_file(tmp_path):
+    "The manifest's total is the size of corpus.txt (it was read after the split had moved the file offset)."
+    text = '\n\n'.join(f'Paragraph {i} of a book of my own, with some words in it.' for i in range(20_000))  # 1.2 MB: val > 64 kB
+    (tmp_path/'mine.txt').write_text(text)
+    out = build_corpus(tmp_path/'out', files=[tmp_path/'mine.txt'], progress=False)
+    m = read_manifest(out.parent)
+    assert m['bytes'] == out.stat().st_size == m['documents'][0]['bytes']
 
 def test_mirror_that_is_down(tmp_path, small_corpus):
     out, before = small_corpus
