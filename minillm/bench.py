@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from .core import MinillmError, ExitCode, atomic_write, add_command, parse_duration, ensure_writable_dir, sha256_file
 from .corpus import build_corpus
 from .tokenizer import train_tokenizer, Tokenizer
-from .model import ModelConfig, MiniLLM, MODEL_PRESETS, count_params, flops_per_token, save_model
+from .model import ModelConfig, MiniLLM, MODEL_PRESETS, count_params, flops_per_token
+from .checkpoint import save_model
 from .training import TrainConfig, make_optimizer, train_step, get_batch
 
 # %% auto #0

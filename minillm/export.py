@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from .core import MinillmError, ExitCode, add_command, atomic_write, ensure_writable_dir
-from .model import MiniLLM, ModelConfig, count_params, save_model
+from .model import MiniLLM, ModelConfig, count_params
+from .checkpoint import save_model
 from .tokenizer import Tokenizer
 from .generation import find_checkpoint, load
 

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from .core import MinillmError, ExitCode, add_command, atomic_write
-from .model import MiniLLM, load_model
+from .model import MiniLLM
+from .checkpoint import load_model
 from .tokenizer import Tokenizer, check_shards, read_meta, load_shard
 
 # %% auto #0

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .core import (MinillmError, ExitCode, add_command, atomic_write, ensure_free_disk,
                           ensure_writable_dir, parse_duration, run_lock, sha256_file)
 from .model import MODEL_PRESETS, ModelConfig, MiniLLM, count_params, flops_per_token
+from .checkpoint import save_model
 from .tokenizer import read_meta, load_shard, check_shards
 
 # %% auto #0
@@ -25,8 +26,6 @@ __all__ = ['TrainConfig', 'check_config', 'epoch_windows', 'get_batch', 'bits_pe
            'add_cli']
 
 # %% ../nbs/04_training.ipynb #3c4c5030
-MODEL_PRESETS.setdefault('tiny', dict(block_size=64, n_layer=2, n_head=2, n_kv_head=2, n_embd=64))  # for tests and this page
-
 @dataclass
 class TrainConfig:
     "Everything `train` needs; one field per `minillm train` option."
@@ -209,7 +208,6 @@ def write_checkpoint_dir(ck_root: Path, name: str, write) -> Path:
 def save_checkpoint(ck_root: Path, name: str, model, opt, state: dict, cfg: TrainConfig, tokenizer, device) -> Path:
     "Write checkpoint `ck_root/name` (weights, config, tokenizer, train config, optimizer and loop state)."
     from safetensors.torch import save
-    from minillm.model import save_model
     tensors, groups = _optimizer_tensors(opt)
     tensors.update(_rng_tensors(device))
     need = 2 * (sum(v.numel() * v.element_size() for v in tensors.values()) +

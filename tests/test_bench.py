@@ -51,7 +51,7 @@ def test_quality_json(quality):
 
 def test_quality_checkpoint_reloads(quality):
     "The checkpoint directory holds a model and tokenizer that reproduce the score."
-    from minillm.model import load_model
+    from minillm.checkpoint import load_model
     from minillm.tokenizer import Tokenizer
     d, q = quality
     ck = Path(q['checkpoint'])

@@ -11,7 +11,8 @@ import torch
 
 from minillm.core import main, ExitCode, MinillmError
 from minillm.corpus import build_corpus, iter_documents
-from minillm.model import MiniLLM, ModelConfig, save_model
+from minillm.model import MiniLLM, ModelConfig
+from minillm.checkpoint import save_model
 from minillm.tokenizer import Tokenizer, train_tokenizer, encode_shards
 from minillm.training import TrainConfig, train
 from minillm.generation import load, next_tokens

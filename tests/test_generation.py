@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from minillm.core import main, ExitCode, MinillmError
-from minillm.model import MiniLLM, ModelConfig, save_model
+from minillm.model import MiniLLM, ModelConfig
+from minillm.checkpoint import save_model
 from minillm.tokenizer import Tokenizer, train_tokenizer, encode_shards
 from minillm.generation import (load, generate, stream, filter_logits, pick_next, next_tokens, token_nll, validate,
                                 evaluate, StreamDecoder, check_report)

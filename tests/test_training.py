@@ -84,7 +84,7 @@ def test_train_layout_and_learning(shards, tmp_path):
     assert metrics[-1]['val_loss'] < metrics[0]['val_loss'] - 0.5          # it learned the bigram structure
     assert metrics[-1]['val_loss'] < np.log(VOCAB) - 1
     assert s['best_val_loss'] == min(m['val_loss'] for m in metrics) or abs(s['best_val_loss'] - min(m['val_loss'] for m in metrics)) < 1e-4
-    from minillm.model import load_model
+    from minillm.checkpoint import load_model
     model = load_model(out / 'checkpoints' / 'best')
     assert model.config.n_embd == 32 and model.config.vocab_size == VOCAB
 
@@ -193,7 +193,7 @@ def test_ddp_two_cpu_processes(shards, tmp_path):
     assert s['processes'] == 2 and s['ranks_in_sync'] is True and s['status'] == 'complete'
     metrics = [json.loads(l) for l in (out / 'metrics.jsonl').read_text().splitlines()]
     assert metrics[-1]['val_loss'] < metrics[0]['val_loss'] - 0.3
-    from minillm.model import load_model
+    from minillm.checkpoint import load_model
     model = load_model(out / 'checkpoints' / 'last')                       # loads in a single process
     x = torch.randint(0, VOCAB, (1, 8))
     assert model(x)[0].shape == (1, 8, VOCAB)
