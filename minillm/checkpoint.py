@@ -4,14 +4,19 @@
 
 # %% ../nbs/04_checkpoint.ipynb #b2aab264
 from __future__ import annotations
-import json
+import contextlib, json, math, os, shutil, tempfile
 from pathlib import Path
 
-from .core import MinillmError, ExitCode, atomic_write
-from .model import MiniLLM, ModelConfig
+import torch
+
+from .core import MinillmError, ExitCode, atomic_write, ensure_free_disk
+from .model import MiniLLM, ModelConfig, count_params
+from .tokenizer import Tokenizer
 
 # %% auto #0
-__all__ = ['save_model', 'load_model']
+__all__ = ['CHECKPOINT_NAMES', 'CHECKPOINT_FILES', 'save_model', 'size_problem', 'load_model', 'write_checkpoint_dir',
+           'recover_checkpoints', 'save_checkpoint', 'load_checkpoint', 'existing_checkpoints', 'has_checkpoints',
+           'resume_point', 'find_checkpoint', 'load']
 
 # %% ../nbs/04_checkpoint.ipynb #72176771
 def save_model(model: MiniLLM, dir) -> Path:
@@ -23,6 +28,19 @@ def save_model(model: MiniLLM, dir) -> Path:
     with atomic_write(d / 'config.json') as f: json.dump(model.config.to_dict(), f, indent=1)
     return d
 
+# %% ../nbs/04_checkpoint.ipynb #2abd0941
+def _mem_bytes() -> int:
+    "Physical memory of this machine in bytes (a large number where the system does not say)."
+    try: return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    except (ValueError, OSError, AttributeError): return 1 << 50
+
+def size_problem(config: ModelConfig) -> str | None:
+    "Why a model of this shape cannot be built here (its weights and rotary tables exceed half the memory), or None."
+    need = 4 * (count_params(config) + config.block_size * config.head_dim)  # float32 weights, then cos and sin
+    if need <= _mem_bytes() // 2: return None
+    return (f'{count_params(config) / 1e9:.1f}B parameters at a context of {config.block_size:,} tokens need '
+            f'{need / 2**30:,.1f} GiB, more than half of this machine\'s memory')
+
 # %% ../nbs/04_checkpoint.ipynb #3f140e29
 def load_model(dir, device='cpu') -> MiniLLM:
     "Rebuild a `MiniLLM` from `dir/config.json` and load `dir/model.safetensors` (no pickle involved)."
@@ -33,12 +51,156 @@ def load_model(dir, device='cpu') -> MiniLLM:
         if not (d / name).is_file():
             raise MinillmError(f'loading model: {d / name} not found; point at a directory written by save_model', ExitCode.GENERATION)
     try: config = ModelConfig.from_dict(json.loads((d / 'config.json').read_text()))
-    except (ValueError, TypeError, OSError) as e:
+    except (ValueError, TypeError, OSError, ArithmeticError) as e:
         raise MinillmError(f'loading model from {d}: config.json is not a model configuration ({str(e).splitlines()[0][:160]}); '
                            f'use a directory written by save_model', ExitCode.GENERATION) from None
+    if why := size_problem(config):
+        raise MinillmError(f'loading model from {d}: config.json describes {why}; use a smaller model', ExitCode.GENERATION)
     try:
         model = MiniLLM(config)
         model.load_state_dict(load_file(str(d / 'model.safetensors'), device='cpu'))
     except (ValueError, RuntimeError, TypeError, OSError, SafetensorError) as e:
         raise MinillmError(f'loading model from {d}: {str(e).splitlines()[0]}; re-save it with save_model', ExitCode.GENERATION) from e
     return model.to(device).eval()
+
+# %% ../nbs/04_checkpoint.ipynb #853223ed
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, list]:
+    "AdamW's state as flat tensors (`state.IDX.KEY`) plus its param groups without the parameters."
+    sd = opt.state_dict()
+    tensors = {f'state.{i}.{k}': v.detach().cpu().contiguous() for i, s in sd['state'].items() for k, v in s.items()}
+    return tensors, sd['param_groups']
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict, groups: list) -> None:
+    state = {}
+    for key, v in tensors.items():
+        if key.startswith('state.'):
+            _, i, k = key.split('.', 2); state.setdefault(int(i), {})[k] = v
+    opt.load_state_dict({'state': state, 'param_groups': groups})
+
+def _rng_tensors(device: torch.device) -> dict:
+    t = {'rng.cpu': torch.get_rng_state()}
+    if device.type == 'cuda': t['rng.cuda'] = torch.cuda.get_rng_state(device)
+    return t
+
+# %% ../nbs/04_checkpoint.ipynb #e5ce886a
+def _fsync_dir(d: Path):
+    with contextlib.suppress(OSError):
+        fd = os.open(d, os.O_RDONLY); os.fsync(fd); os.close(fd)
+
+def write_checkpoint_dir(ck_root: Path, name: str, write) -> Path:
+    "Call `write(tmp_dir)`, fsync every file, then swap the result into `ck_root/name` atomically."
+    tmp = Path(tempfile.mkdtemp(dir=ck_root, prefix=f'.tmp-{name}-'))
+    try:
+        write(tmp)
+        for f in tmp.iterdir():
+            with open(f, 'rb') as fh: os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        target, old = ck_root / name, ck_root / f'.old-{name}'
+        if target.exists(): os.replace(target, old)
+        os.replace(tmp, target); _fsync_dir(ck_root)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True); raise
+    return target
+
+# %% ../nbs/04_checkpoint.ipynb #414ac83a
+def recover_checkpoints(ck_root: Path) -> None:
+    "Put back a checkpoint left aside by a save that was killed between its two renames."
+    for old in ck_root.glob('.old-*'):
+        target = ck_root / old.name[len('.old-'):]
+        if target.exists(): shutil.rmtree(old, ignore_errors=True)
+        else: os.replace(old, target)
+    for tmp in ck_root.glob('.tmp-*'): shutil.rmtree(tmp, ignore_errors=True)
+
+# %% ../nbs/04_checkpoint.ipynb #f2a4f765
+def save_checkpoint(ck_root: Path, name: str, model, opt, state: dict, train_config: dict, tokenizer, device) -> Path:
+    "Write checkpoint `ck_root/name`: weights and shape, tokenizer, `train_config`, optimizer and the loop `state`."
+    from safetensors.torch import save
+    tensors, groups = _optimizer_tensors(opt)
+    tensors.update(_rng_tensors(device))
+    need = 2 * (sum(v.numel() * v.element_size() for v in tensors.values()) +
+                sum(p.numel() * p.element_size() for p in model.parameters())) + (1 << 20)
+    ensure_free_disk(ck_root, need, f'checkpoint {name}', ExitCode.TRAINING)
+    def write(d: Path):
+        save_model(model, d)
+        if tokenizer is not None and Path(tokenizer).is_file(): shutil.copyfile(tokenizer, d / 'tokenizer.model')
+        (d / 'train_config.json').write_text(json.dumps(train_config, indent=1))
+        (d / 'optimizer.safetensors').write_bytes(save(tensors))
+        (d / 'state.json').write_text(json.dumps(dict(state, param_groups=groups), indent=1))
+    try: return write_checkpoint_dir(ck_root, name, write)
+    except OSError as e:  # a full disk, a vanished directory: the previous checkpoint is untouched
+        raise MinillmError(f'writing checkpoint {ck_root / name} failed ({e.strerror or e}); the previous one is intact: '
+                           f'free some space, then continue with --resume', ExitCode.TRAINING) from None
+
+# %% ../nbs/04_checkpoint.ipynb #d08dd4f4
+def load_checkpoint(d: Path, model, opt, device) -> dict:
+    "Load weights, optimizer and RNG states from checkpoint `d` into `model` and `opt`; return the loop state."
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    for name in ('config.json', 'model.safetensors', 'optimizer.safetensors', 'state.json'):
+        if not (d / name).is_file():
+            raise MinillmError(f'checkpoint {d} is incomplete: {name} is missing; start afresh with --force-restart', ExitCode.TRAINING)
+    current = d / 'model.safetensors'
+    try:
+        model.load_state_dict(load_file(str(current), device='cpu'))
+        current = d / 'optimizer.safetensors'
+        tensors = load_file(str(current), device='cpu')
+        current = d / 'state.json'
+        state = json.loads(current.read_text())
+        _load_optimizer(opt, tensors, state.pop('param_groups'))
+        current = d / 'optimizer.safetensors'
+        torch.set_rng_state(tensors['rng.cpu'])
+    except (SafetensorError, RuntimeError, ValueError, KeyError, TypeError, AttributeError, OSError) as e:
+        raise MinillmError(f'checkpoint file {current} is corrupt or truncated ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); '
+                           f'start afresh with --force-restart', ExitCode.TRAINING) from None
+    if device.type == 'cuda' and 'rng.cuda' in tensors: torch.cuda.set_rng_state(tensors['rng.cuda'], device)
+    return state
+
+# %% ../nbs/04_checkpoint.ipynb #c95d572c
+CHECKPOINT_NAMES = ('last', 'best')  # what training writes into OUT/checkpoints/
+
+def existing_checkpoints(ck_root) -> list[str]:
+    "The names in `CHECKPOINT_NAMES` that `ck_root` (a run's `checkpoints/`) holds."
+    return [n for n in CHECKPOINT_NAMES if (Path(ck_root) / n).is_dir()]
+
+def has_checkpoints(out_dir) -> bool:
+    "True if the training output directory `out_dir` holds a checkpoint."
+    return bool(existing_checkpoints(Path(out_dir) / 'checkpoints'))
+
+# %% ../nbs/04_checkpoint.ipynb #1ce44ac6
+def resume_point(ck_root: Path) -> str | None:
+    "The checkpoint to resume from: the later (by step) of `last` and `best`, `last` on a tie; None if neither exists."
+    def step(name):
+        try: return json.loads((ck_root / name / 'state.json').read_text())['global_step']
+        except (OSError, ValueError, KeyError, TypeError): return math.inf if name == 'last' else -1  # loading `last` says what is wrong
+    names = existing_checkpoints(ck_root)
+    return max(names, key=step) if names else None
+
+# %% ../nbs/04_checkpoint.ipynb #853f1c59
+CHECKPOINT_FILES = ('model.safetensors', 'config.json', 'tokenizer.model')  # what a model needs to write text
+
+def find_checkpoint(checkpoint_dir) -> Path:
+    "The checkpoint directory in `checkpoint_dir`: itself, or a training run's `checkpoints/best`, else `checkpoints/last`."
+    d = Path(checkpoint_dir)
+    if not d.is_dir():
+        raise MinillmError(f'checkpoint {d} not found: no such directory; point --checkpoint at a training output '
+                           f'directory or one of its checkpoints/best, checkpoints/last', ExitCode.GENERATION)
+    if not (d / 'config.json').exists():
+        for name in ('best', 'last'):  # the lowest validation loss first
+            if (d / 'checkpoints' / name).is_dir(): return d / 'checkpoints' / name
+    for name in CHECKPOINT_FILES:
+        if not (d / name).is_file():
+            raise MinillmError(f'checkpoint {d} is incomplete: {d / name} is missing; use a directory written '
+                               f'by `minillm train`', ExitCode.GENERATION)
+    return d
+
+# %% ../nbs/04_checkpoint.ipynb #34abcd81
+def load(checkpoint_dir, device='cpu') -> tuple[MiniLLM, Tokenizer]:
+    "The model (in eval mode, on `device`) and the tokenizer of a checkpoint or a training output directory."
+    d = find_checkpoint(checkpoint_dir)
+    model = load_model(d, device)  # a corrupt file is a one-line error with exit code 6
+    tok = Tokenizer.load(d / 'tokenizer.model', exit_code=ExitCode.GENERATION)
+    if tok.vocab_size != model.config.vocab_size:
+        raise MinillmError(f'checkpoint {d}: tokenizer.model has {tok.vocab_size} tokens but the model expects '
+                           f'{model.config.vocab_size}; copy the tokenizer the model was trained with', ExitCode.GENERATION)
+    return model, tok

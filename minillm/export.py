@@ -12,9 +12,8 @@ import torch
 
 from .core import MinillmError, ExitCode, add_command, atomic_write, ensure_writable_dir
 from .model import MiniLLM, ModelConfig, count_params
-from .checkpoint import save_model
+from .checkpoint import find_checkpoint, load, save_model, size_problem
 from .tokenizer import Tokenizer
-from .generation import find_checkpoint, load
 
 # %% auto #0
 __all__ = ['DTYPES', 'GGUF_NAMES', 'hf_state_dict', 'minillm_state_dict', 'hf_config', 'special_ids', 'rope_permute',
@@ -280,11 +279,6 @@ def read_hf_tensors(d: Path) -> dict[str, torch.Tensor]:
     for f in files: tensors.update(load_file(str(d / f)))
     return tensors
 
-def _mem_bytes() -> int:
-    "Physical memory of this machine in bytes (a large number where the system does not say)."
-    try: return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-    except (ValueError, OSError, AttributeError): return 1 << 50
-
 # %% ../nbs/08_export.ipynb #cf1df7ff
 def _import_error(d: Path, why: str, code=ExitCode.USAGE) -> MinillmError:
     return MinillmError(f'cannot import {d}: {why}', code)
@@ -302,8 +296,7 @@ def import_hf(hf_dir, out_dir, force: bool = False) -> Path:
     tok = Tokenizer.load(d / 'tokenizer.model', exit_code=ExitCode.GENERATION)
     if tok.vocab_size != config.vocab_size:
         raise _import_error(d, f'tokenizer.model has {tok.vocab_size} pieces but the model {config.vocab_size} embeddings')
-    if 4 * count_params(config) > _mem_bytes() // 2:
-        raise _import_error(d, f'{count_params(config) / 1e9:.1f}B parameters need more than half of this machine\'s memory')
+    if why := size_problem(config): raise _import_error(d, why)  # the rule load_model applies (section 4.1)
     out = prepare_out(out_dir, d, force)
     return _write_imported(d, out, config, tok)
 

@@ -15,42 +15,14 @@ import torch.nn.functional as F
 
 from .core import MinillmError, ExitCode, add_command, atomic_write
 from .model import MiniLLM
-from .checkpoint import load_model
+from .checkpoint import find_checkpoint, load
 from .tokenizer import Tokenizer, check_shards, read_meta, load_shard
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FILES', 'WORD', 'VALIDATE_PROMPTS', 'find_checkpoint', 'load', 'check_sampling', 'filter_logits',
-           'penalize_repeats', 'pick_next', 'next_tokens', 'StreamDecoder', 'StopScanner', 'stream', 'generate',
-           'token_nll', 'unigram_bits', 'words_of', 'distinct_bigrams', 'reference_bigrams', 'validation_inputs',
-           'corpus_words', 'score_split', 'validate', 'check_report', 'evaluate', 'add_cli']
-
-# %% ../nbs/05_generation.ipynb #853f1c59
-CHECKPOINT_FILES = ('model.safetensors', 'config.json', 'tokenizer.model')
-
-def find_checkpoint(checkpoint_dir) -> Path:
-    "The checkpoint directory in `checkpoint_dir`: itself, or a training run's `checkpoints/best`, else `checkpoints/last`."
-    d = Path(checkpoint_dir)
-    if not d.is_dir():
-        raise MinillmError(f'checkpoint {d} not found: no such directory; point --checkpoint at a training output '
-                           f'directory or one of its checkpoints/best, checkpoints/last', ExitCode.GENERATION)
-    for sub in ('checkpoints/best', 'checkpoints/last'):
-        if not (d / 'config.json').exists() and (d / sub).is_dir(): return d / sub
-    for name in CHECKPOINT_FILES:
-        if not (d / name).is_file():
-            raise MinillmError(f'checkpoint {d} is incomplete: {d / name} is missing; use a directory written '
-                               f'by `minillm train`', ExitCode.GENERATION)
-    return d
-
-# %% ../nbs/05_generation.ipynb #34abcd81
-def load(checkpoint_dir, device='cpu') -> tuple[MiniLLM, Tokenizer]:
-    "The model (in eval mode, on `device`) and the tokenizer of a checkpoint or a training output directory."
-    d = find_checkpoint(checkpoint_dir)
-    model = load_model(d, device)  # a corrupt file is a one-line error with exit code 6
-    tok = Tokenizer.load(d / 'tokenizer.model', exit_code=ExitCode.GENERATION)
-    if tok.vocab_size != model.config.vocab_size:
-        raise MinillmError(f'checkpoint {d}: tokenizer.model has {tok.vocab_size} tokens but the model expects '
-                           f'{model.config.vocab_size}; copy the tokenizer the model was trained with', ExitCode.GENERATION)
-    return model, tok
+__all__ = ['WORD', 'VALIDATE_PROMPTS', 'check_sampling', 'filter_logits', 'penalize_repeats', 'pick_next', 'next_tokens',
+           'StreamDecoder', 'StopScanner', 'stream', 'generate', 'token_nll', 'unigram_bits', 'words_of',
+           'distinct_bigrams', 'reference_bigrams', 'validation_inputs', 'corpus_words', 'score_split', 'validate',
+           'check_report', 'evaluate', 'add_cli']
 
 # %% ../nbs/05_generation.ipynb #90bf3c7b
 def check_sampling(temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,

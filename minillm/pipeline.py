@@ -12,14 +12,15 @@ from pathlib import Path
 import minillm
 from .core import (ExitCode, MinillmError, add_command, atomic_write, ensure_free_disk, parse_duration,
                           ensure_writable_dir, run_lock, sha256_file)
+from .checkpoint import has_checkpoints
 from .corpus import check_mirror, parse_books
 
 # %% auto #0
 __all__ = ['PHASES', 'REQUIRED_PACKAGES', 'KERNEL_NAME', 'PipelineConfig', 'Phase', 'training_budget', 'phase_parameters',
            'find_notebooks', 'check_packages', 'install_kernel', 'check_kernel', 'check_prerequisites', 'run_notebook',
-           'make_notebook', 'has_checkpoints', 'resolve_resume', 'phase_fingerprint', 'corpus_intact',
-           'outputs_present', 'versions', 'git_commit', 'samples_of', 'write_report', 'report_markdown',
-           'check_outputs', 'forward_interrupts', 'resume_command', 'run_pipeline', 'make_standin_notebooks', 'add_cli']
+           'make_notebook', 'resolve_resume', 'phase_fingerprint', 'corpus_intact', 'outputs_present', 'versions',
+           'git_commit', 'samples_of', 'write_report', 'report_markdown', 'check_outputs', 'forward_interrupts',
+           'resume_command', 'run_pipeline', 'make_standin_notebooks', 'add_cli']
 
 # %% ../nbs/06_pipeline.ipynb #3699c4ff
 @dataclass
@@ -176,18 +177,13 @@ def make_notebook(path, parameters: str, body: str) -> Path:
     return Path(path)
 
 # %% ../nbs/06_pipeline.ipynb #e6183d84
-def has_checkpoints(run_dir) -> bool:
-    "True if `run_dir` holds a training checkpoint."
-    ck = Path(run_dir)/'train'/'checkpoints'
-    return (ck/'last').exists() or (ck/'best').exists()  # what the training chapter checks
-
 def _interactive() -> bool: return sys.stdin.isatty() and sys.stdout.isatty()
 
 def resolve_resume(cfg: PipelineConfig, ask=None, isatty=None) -> PipelineConfig:
     "Decide `resume`/`force_restart` for a run directory that may hold checkpoints, asking on a terminal."
     if cfg.resume and cfg.force_restart:
         raise MinillmError('--resume and --force-restart contradict each other; pass one of them', ExitCode.USAGE)
-    if cfg.resume or cfg.force_restart or not has_checkpoints(cfg.run_dir): return cfg
+    if cfg.resume or cfg.force_restart or not has_checkpoints(Path(cfg.run_dir)/'train'): return cfg
     ck = Path(cfg.run_dir)/'train'/'checkpoints'
     if not (isatty or _interactive)():
         raise MinillmError(f'found existing checkpoints in {ck} and no terminal to ask; pass --resume to '
@@ -295,7 +291,7 @@ def report_markdown(summary: dict, run: Path) -> str:
 def check_outputs(phase: Phase, cfg: PipelineConfig, dest: Path) -> None:
     "Fail if a phase's notebook ran without error but did not leave what the next phase needs."
     run = Path(cfg.run_dir)
-    if phase.name == 'training' and not has_checkpoints(run):
+    if phase.name == 'training' and not has_checkpoints(run/'train'):
         raise MinillmError(f'training finished without a checkpoint in {run/"train"/"checkpoints"}; '
                            f'see {dest}', phase.exit_code)
     if phase.name == 'validation':

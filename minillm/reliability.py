@@ -5,7 +5,7 @@
 # %% ../nbs/09_reliability.ipynb #0f24a7fa
 from __future__ import annotations
 import contextlib, hashlib, io, json, lzma, os, pickle, re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -16,7 +16,8 @@ from .core import ExitCode, main, run_lock
 from .corpus import BUNDLED_DIR, build_corpus
 from .model import MiniLLM, ModelConfig
 from .tokenizer import train_tokenizer
-from .training import TrainConfig, make_optimizer, model_config, save_checkpoint
+from .checkpoint import save_checkpoint
+from .training import TrainConfig, make_optimizer, model_config
 
 # %% auto #0
 __all__ = ['TINY', 'TRAIN_ARGS', 'BOOK_ARGS', 'BAD_INPUTS', 'malicious_pickle', 'run_cli', 'error_line', 'write_shards',
@@ -67,7 +68,7 @@ def write_checkpoint(out, vocab_size: int = 64, tokenizer: bytes = b'stand-in to
     state = dict(epoch=0, step=0, global_step=0, tokens=0, best_val=None, metrics=[], elapsed=0.0, dtype='float32',
                  loss_sum=0.0, loss_count=0)
     ck = Path(out)/'checkpoints'; ck.mkdir(parents=True, exist_ok=True)
-    d = save_checkpoint(ck, name, model, make_optimizer(model, cfg, torch.device('cpu')), state, cfg, None,
+    d = save_checkpoint(ck, name, model, make_optimizer(model, cfg, torch.device('cpu')), state, asdict(cfg), None,
                         torch.device('cpu'))
     (d/'tokenizer.model').write_bytes(tokenizer)
     return d

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_training.ipynb #fcf9857f
 from __future__ import annotations
-import argparse, contextlib, json, math, os, re, shutil, signal, sys, tempfile, time
+import argparse, contextlib, json, math, os, re, shutil, signal, sys, time
 from dataclasses import dataclass, asdict, fields, replace
 from pathlib import Path
 
@@ -15,14 +15,13 @@ import torch.nn.functional as F
 from .core import (MinillmError, ExitCode, add_command, atomic_write, ensure_free_disk,
                           ensure_writable_dir, parse_duration, run_lock, sha256_file)
 from .model import MODEL_PRESETS, ModelConfig, MiniLLM, count_params, flops_per_token
-from .checkpoint import save_model
+from .checkpoint import existing_checkpoints, load_checkpoint, recover_checkpoints, resume_point, save_checkpoint
 from .tokenizer import read_meta, load_shard, check_shards
 
 # %% auto #0
 __all__ = ['TrainConfig', 'check_config', 'epoch_windows', 'get_batch', 'bits_per_byte', 'make_optimizer', 'lr_at', 'pick_device',
-           'autocast', 'measure_dtype', 'recover_checkpoints', 'write_checkpoint_dir', 'save_checkpoint',
-           'load_checkpoint', 'model_config', 'check_data', 'init_distributed', 'ranks_in_sync', 'evaluate_loss',
-           'train_step', 'StopFlag', 'resume_point', 'resolve_start', 'plot_losses', 'train', 'add_train_options',
+           'autocast', 'measure_dtype', 'model_config', 'check_data', 'init_distributed', 'ranks_in_sync',
+           'evaluate_loss', 'train_step', 'StopFlag', 'resolve_start', 'plot_losses', 'train', 'add_train_options',
            'add_cli']
 
 # %% ../nbs/04_training.ipynb #3c4c5030
@@ -156,98 +155,6 @@ def measure_dtype(model, x, y, device: torch.device, reps: int = 3) -> dict[str,
 def _sync(device):
     if device.type == 'cuda': torch.cuda.synchronize()
 
-# %% ../nbs/04_training.ipynb #853223ed
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, list]:
-    "AdamW's state as flat tensors (`state.IDX.KEY`) plus its param groups without the parameters."
-    sd = opt.state_dict()
-    tensors = {f'state.{i}.{k}': v.detach().cpu().contiguous() for i, s in sd['state'].items() for k, v in s.items()}
-    return tensors, sd['param_groups']
-
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict, groups: list) -> None:
-    state = {}
-    for key, v in tensors.items():
-        if key.startswith('state.'):
-            _, i, k = key.split('.', 2); state.setdefault(int(i), {})[k] = v
-    opt.load_state_dict({'state': state, 'param_groups': groups})
-
-def _rng_tensors(device: torch.device) -> dict:
-    t = {'rng.cpu': torch.get_rng_state()}
-    if device.type == 'cuda': t['rng.cuda'] = torch.cuda.get_rng_state(device)
-    return t
-
-# %% ../nbs/04_training.ipynb #e5ce886a
-def _fsync_dir(d: Path):
-    with contextlib.suppress(OSError):
-        fd = os.open(d, os.O_RDONLY); os.fsync(fd); os.close(fd)
-
-def recover_checkpoints(ck_root: Path) -> None:
-    "Put back a checkpoint left aside by a save that was killed between its two renames."
-    for old in ck_root.glob('.old-*'):
-        target = ck_root / old.name[len('.old-'):]
-        if target.exists(): shutil.rmtree(old, ignore_errors=True)
-        else: os.replace(old, target)
-    for tmp in ck_root.glob('.tmp-*'): shutil.rmtree(tmp, ignore_errors=True)
-
-def write_checkpoint_dir(ck_root: Path, name: str, write) -> Path:
-    "Call `write(tmp_dir)`, fsync every file, then swap the result into `ck_root/name` atomically."
-    tmp = Path(tempfile.mkdtemp(dir=ck_root, prefix=f'.tmp-{name}-'))
-    try:
-        write(tmp)
-        for f in tmp.iterdir():
-            with open(f, 'rb') as fh: os.fsync(fh.fileno())
-        _fsync_dir(tmp)
-        target, old = ck_root / name, ck_root / f'.old-{name}'
-        if target.exists(): os.replace(target, old)
-        os.replace(tmp, target); _fsync_dir(ck_root)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
-    return target
-
-# %% ../nbs/04_training.ipynb #f2a4f765
-def save_checkpoint(ck_root: Path, name: str, model, opt, state: dict, cfg: TrainConfig, tokenizer, device) -> Path:
-    "Write checkpoint `ck_root/name` (weights, config, tokenizer, train config, optimizer and loop state)."
-    from safetensors.torch import save
-    tensors, groups = _optimizer_tensors(opt)
-    tensors.update(_rng_tensors(device))
-    need = 2 * (sum(v.numel() * v.element_size() for v in tensors.values()) +
-                sum(p.numel() * p.element_size() for p in model.parameters())) + (1 << 20)
-    ensure_free_disk(ck_root, need, f'checkpoint {name}', ExitCode.TRAINING)
-    def write(d: Path):
-        save_model(model, d)
-        if tokenizer is not None and Path(tokenizer).is_file(): shutil.copyfile(tokenizer, d / 'tokenizer.model')
-        (d / 'train_config.json').write_text(json.dumps(asdict(cfg), indent=1))
-        (d / 'optimizer.safetensors').write_bytes(save(tensors))
-        (d / 'state.json').write_text(json.dumps(dict(state, param_groups=groups), indent=1))
-    try: return write_checkpoint_dir(ck_root, name, write)
-    except OSError as e:  # a full disk, a vanished directory: the previous checkpoint is untouched
-        raise MinillmError(f'writing checkpoint {ck_root / name} failed ({e.strerror or e}); the previous one is intact: '
-                           f'free some space, then continue with --resume', ExitCode.TRAINING) from None
-
-# %% ../nbs/04_training.ipynb #d08dd4f4
-def load_checkpoint(d: Path, model, opt, device) -> dict:
-    "Load weights, optimizer and RNG states from checkpoint `d` into `model` and `opt`; return the loop state."
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-    for name in ('config.json', 'model.safetensors', 'optimizer.safetensors', 'state.json'):
-        if not (d / name).is_file():
-            raise MinillmError(f'checkpoint {d} is incomplete: {name} is missing; start afresh with --force-restart', ExitCode.TRAINING)
-    current = d / 'model.safetensors'
-    try:
-        model.load_state_dict(load_file(str(current), device='cpu'))
-        current = d / 'optimizer.safetensors'
-        tensors = load_file(str(current), device='cpu')
-        current = d / 'state.json'
-        state = json.loads(current.read_text())
-        _load_optimizer(opt, tensors, state.pop('param_groups'))
-        current = d / 'optimizer.safetensors'
-        torch.set_rng_state(tensors['rng.cpu'])
-    except (SafetensorError, RuntimeError, ValueError, KeyError, TypeError, AttributeError, OSError) as e:
-        raise MinillmError(f'checkpoint file {current} is corrupt or truncated ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); '
-                           f'start afresh with --force-restart', ExitCode.TRAINING) from None
-    if device.type == 'cuda' and 'rng.cuda' in tensors: torch.cuda.set_rng_state(tensors['rng.cuda'], device)
-    return state
-
 # %% ../nbs/04_training.ipynb #fdcb1c3d
 def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     "The `ModelConfig` from the preset `cfg.model` with `cfg`'s non-zero overrides."
@@ -345,17 +252,9 @@ class StopFlag:
         for s, h in self._old.items(): signal.signal(s, h)
 
 # %% ../nbs/04_training.ipynb #2e854a37
-def resume_point(ck_root: Path) -> str | None:
-    "The checkpoint to resume from: the later (by step) of `last` and `best`, `last` on a tie; None if neither exists."
-    def step(name):
-        try: return json.loads((ck_root / name / 'state.json').read_text())['global_step']
-        except (OSError, ValueError, KeyError, TypeError): return math.inf if name == 'last' else -1  # loading `last` says what is wrong
-    names = [n for n in ('last', 'best') if (ck_root / n).is_dir()]
-    return max(names, key=step) if names else None
-
 def resolve_start(ck_root: Path, cfg: TrainConfig) -> bool:
     "Whether to resume (from `resume_point`); deletes the old checkpoints on --force-restart."
-    existing = [n for n in ('last', 'best') if (ck_root / n).exists()]
+    existing = existing_checkpoints(ck_root)
     if cfg.resume and cfg.force_restart: raise MinillmError('--resume and --force-restart exclude each other; pick one')
     if cfg.force_restart or not existing:
         if existing: shutil.rmtree(ck_root); ck_root.mkdir()
@@ -473,7 +372,7 @@ def _loop(cfg, data, out, meta, mc, device, rank, world, train_data, val_data, m
         from torch.nn.parallel import DistributedDataParallel as DDP
         net = DDP(net, device_ids=[device.index] if device.type == 'cuda' else None)
     tok_path = data / 'tokenizer.model'
-    save = lambda name: rank == 0 and save_checkpoint(ck_root, name, model, opt, {k: v for k, v in state.items()}, cfg, tok_path, device)
+    save = lambda name: rank == 0 and save_checkpoint(ck_root, name, model, opt, {k: v for k, v in state.items()}, asdict(cfg), tok_path, device)
     if rank == 0:
         with atomic_write(out / 'metrics.jsonl') as f: f.writelines(json.dumps(m) + '\n' for m in state['metrics'])
     _log(f'training {count_params(mc) / 1e6:.2f}M parameters on {device} ({dtype}, {world} process{"es" if world > 1 else ""}): '

@@ -1,4 +1,4 @@
-"Tests of minillm.checkpoint: saving and loading a model without pickle, and its errors."
+"Tests of minillm.checkpoint: saving and loading a model without pickle, and its errors (the rest is tested where it is used)."
 import json
 
 import pytest
@@ -51,3 +51,16 @@ def test_load_errors(model, tmp_path):
     cfg = model.config.to_dict(); cfg['n_embd'] = 64; cfg['n_head'] = 4
     (tmp_path / 'config.json').write_text(json.dumps(cfg))
     with pytest.raises(MinillmError, match='re-save'): load_model(tmp_path)
+
+
+@pytest.mark.parametrize('change, message', [
+    (dict(vocab_size=10**12), 'more than half of this machine'),          # terabytes of embeddings
+    (dict(block_size=10**13), 'more than half of this machine'),          # rotary tables of a huge context
+    (dict(n_head=0), 'config.json is not a model configuration'),         # would divide by zero
+])
+def test_absurd_config_is_refused_before_anything_is_built(model, tmp_path, change, message, monkeypatch):
+    save_model(model, tmp_path)
+    (tmp_path / 'config.json').write_text(json.dumps(dict(model.config.to_dict(), **change)))
+    monkeypatch.setattr(MiniLLM, '__init__', lambda *a, **k: pytest.fail('a model was built'))
+    with pytest.raises(MinillmError, match=message) as e: load_model(tmp_path)
+    assert e.value.exit_code == ExitCode.GENERATION and '\n' not in str(e.value)

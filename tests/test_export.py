@@ -15,7 +15,8 @@ from minillm.model import MiniLLM, ModelConfig
 from minillm.checkpoint import save_model
 from minillm.tokenizer import Tokenizer, train_tokenizer, encode_shards
 from minillm.training import TrainConfig, train
-from minillm.generation import load, next_tokens
+from minillm.checkpoint import load
+from minillm.generation import next_tokens
 from minillm.export import (export_hf, export_gguf, import_hf, hf_state_dict, rope_permute, gguf_name,
                             gguf_vocab, spm_model_type)
 

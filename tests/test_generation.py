@@ -10,7 +10,8 @@ from minillm.core import main, ExitCode, MinillmError
 from minillm.model import MiniLLM, ModelConfig
 from minillm.checkpoint import save_model
 from minillm.tokenizer import Tokenizer, train_tokenizer, encode_shards
-from minillm.generation import (load, generate, stream, filter_logits, pick_next, next_tokens, token_nll, validate,
+from minillm.checkpoint import load
+from minillm.generation import (generate, stream, filter_logits, pick_next, next_tokens, token_nll, validate,
                                 evaluate, StreamDecoder, check_report)
 
 SENTENCES = ['the cat sat on the mat and looked at the dog.', 'the dog ran to the door and barked at the cat.',

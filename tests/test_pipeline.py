@@ -377,7 +377,8 @@ def test_end_to_end(e2e):
     assert '![loss curve](train/loss.png)' in report and (run/'train'/'loss.png').exists() and '## Samples' in report
     assert f'report: {run}/report.md' in r.stdout and '\nsample: ' in r.stdout
     assert '=== [4/5] training' in r.stdout and 'training done in' in r.stdout
-    from minillm.generation import generate, load
+    from minillm.checkpoint import load
+    from minillm.generation import generate
     model, tok = load(run/'train')
     assert model.config.vocab_size == tok.vocab_size == 512
 
