@@ -16,7 +16,7 @@ from .tokenizer import Tokenizer
 # %% auto #0
 __all__ = ['CHECKPOINT_NAMES', 'CHECKPOINT_FILES', 'save_model', 'size_problem', 'load_model', 'write_checkpoint_dir',
            'recover_checkpoints', 'save_checkpoint', 'load_checkpoint', 'existing_checkpoints', 'has_checkpoints',
-           'resume_point', 'find_checkpoint', 'load']
+           'check_start_flags', 'resume_point', 'find_checkpoint', 'load']
 
 # %% ../nbs/04_checkpoint.ipynb #72176771
 def save_model(model: MiniLLM, dir) -> Path:
@@ -28,7 +28,7 @@ def save_model(model: MiniLLM, dir) -> Path:
     with atomic_write(d / 'config.json') as f: json.dump(model.config.to_dict(), f, indent=1)
     return d
 
-# %% ../nbs/04_checkpoint.ipynb #2abd0941
+# %% ../nbs/04_checkpoint.ipynb #aba90d6b
 def _mem_bytes() -> int:
     "Physical memory of this machine in bytes (a large number where the system does not say)."
     try: return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
@@ -103,7 +103,7 @@ def write_checkpoint_dir(ck_root: Path, name: str, write) -> Path:
         shutil.rmtree(tmp, ignore_errors=True); raise
     return target
 
-# %% ../nbs/04_checkpoint.ipynb #414ac83a
+# %% ../nbs/04_checkpoint.ipynb #7a82b87e
 def recover_checkpoints(ck_root: Path) -> None:
     "Put back a checkpoint left aside by a save that was killed between its two renames."
     for old in ck_root.glob('.old-*'):
@@ -156,7 +156,7 @@ def load_checkpoint(d: Path, model, opt, device) -> dict:
     if device.type == 'cuda' and 'rng.cuda' in tensors: torch.cuda.set_rng_state(tensors['rng.cuda'], device)
     return state
 
-# %% ../nbs/04_checkpoint.ipynb #c95d572c
+# %% ../nbs/04_checkpoint.ipynb #89635739
 CHECKPOINT_NAMES = ('last', 'best')  # what training writes into OUT/checkpoints/
 
 def existing_checkpoints(ck_root) -> list[str]:
@@ -167,7 +167,13 @@ def has_checkpoints(out_dir) -> bool:
     "True if the training output directory `out_dir` holds a checkpoint."
     return bool(existing_checkpoints(Path(out_dir) / 'checkpoints'))
 
-# %% ../nbs/04_checkpoint.ipynb #1ce44ac6
+# %% ../nbs/04_checkpoint.ipynb #501f2ad7
+def check_start_flags(resume: bool, force_restart: bool) -> None:
+    "Refuse `--resume` together with `--force-restart` (a usage error)."
+    if resume and force_restart:
+        raise MinillmError('--resume and --force-restart exclude each other; pass one of them', ExitCode.USAGE)
+
+# %% ../nbs/04_checkpoint.ipynb #f7486212
 def resume_point(ck_root: Path) -> str | None:
     "The checkpoint to resume from: the later (by step) of `last` and `best`, `last` on a tie; None if neither exists."
     def step(name):

@@ -13,7 +13,7 @@ from typing import Iterable, Iterator
 from tqdm import tqdm
 
 import minillm
-from .core import (ExitCode, MinillmError, add_command, atomic_write, book_dir, ensure_free_disk,
+from .core import (ExitCode, MinillmError, add_command, add_options, config_from_args, atomic_write, book_dir, ensure_free_disk,
                           ensure_writable_dir, sha256_file)
 
 # %% auto #0
@@ -21,8 +21,8 @@ __all__ = ['CLEANING_VERSION', 'DOC_SEPARATOR', 'GUTENBERG_START', 'GUTENBERG_EN
            'BUNDLED_DIR', 'GUTENBERG', 'URL_FORMS', 'USER_AGENT', 'WORD', 'check_text_file', 'check_text_head',
            'detect_encoding', 'strip_gutenberg', 'CleanStats', 'normalize_lines', 'clean_lines', 'clean_text',
            'write_corpus', 'read_manifest', 'iter_documents', 'bundled_documents', 'fetch_url', 'check_mirror',
-           'default_cache_dir', 'download_book', 'build_corpus', 'parse_books', 'add_cli', 'document_stats',
-           'word_counts']
+           'default_cache_dir', 'download_book', 'build_corpus', 'parse_books', 'CorpusConfig', 'add_cli',
+           'document_stats', 'word_counts']
 
 # %% ../nbs/01_corpus.ipynb #4131423e
 CLEANING_VERSION = 1  # bump when cleaning changes, so corpora built by older code can be told apart
@@ -378,10 +378,26 @@ def parse_books(text: str) -> list[int]:
                            f'for example 1342,11,84', ExitCode.USAGE)
     return ids
 
+# %% ../nbs/01_corpus.ipynb #15cdfd92
+@dataclass
+class CorpusConfig:
+    "One `minillm corpus` run; each field is a command-line option."
+    out_dir: str = ''                # output directory for corpus.txt and manifest.json
+    books: str | None = None         # comma-separated Project Gutenberg numbers (default: the bundled corpus)
+    files: list[str] | None = None   # local plain-text files to include
+    mirror: str | None = None        # Project Gutenberg mirror or local server (default: https://www.gutenberg.org)
+    cache: str | None = None         # download cache (default: $MINILLM_CACHE or ~/.cache/minillm/gutenberg)
+    val_fraction: float = 0.1        # tail of each document held out for validation
+    timeout: float = 30.0            # seconds to connect and per read
+    retries: int = 3                 # retries after a 5xx answer or a timeout
+    progress: bool = True            # a progress bar on stderr; --quiet turns it off
+
+# %% ../nbs/01_corpus.ipynb #5a626205
 def _corpus_command(args) -> int:
-    books = parse_books(args.books) if args.books is not None else None
-    path = build_corpus(args.out, books, args.mirror, args.cache, files=args.files, val_fraction=args.val_fraction,
-                        timeout=args.timeout, retries=args.retries, progress=not args.quiet)
+    cfg = config_from_args(CorpusConfig, args)
+    books = parse_books(cfg.books) if cfg.books is not None else None
+    path = build_corpus(cfg.out_dir, books, cfg.mirror, cfg.cache, files=cfg.files, val_fraction=cfg.val_fraction,
+                        timeout=cfg.timeout, retries=cfg.retries, progress=cfg.progress)
     m = read_manifest(path.parent)
     val = sum(e - s for s, e in (d['val'] for d in m['documents']))
     print(f'wrote {path}: {len(m["documents"])} documents, {m["bytes"] / 2**20:.2f} MiB '
@@ -389,20 +405,13 @@ def _corpus_command(args) -> int:
     return ExitCode.OK
 
 def add_cli(subparsers) -> None:
-    "Register `minillm corpus`."
+    "Register `minillm corpus`: an option per `CorpusConfig` field."
     p = add_command(subparsers, 'corpus', _corpus_command,
                     'build a clean corpus: the bundled books (offline), or Project Gutenberg books by number',
                     ['minillm corpus --out runs/corpus', 'minillm corpus --books 1342,11,84 --out runs/gutenberg',
                      'minillm corpus --books 1342 --mirror http://127.0.0.1:8000 --out /tmp/corpus'])
-    p.add_argument('--out', required=True, help='output directory for corpus.txt and manifest.json')
-    p.add_argument('--books', help='comma-separated Project Gutenberg numbers (default: the bundled corpus)')
-    p.add_argument('--files', nargs='+', metavar='FILE', help='local plain-text files to include')
-    p.add_argument('--mirror', help=f'Project Gutenberg mirror or local server (default {GUTENBERG})')
-    p.add_argument('--cache', help='download cache (default $MINILLM_CACHE or ~/.cache/minillm/gutenberg)')
-    p.add_argument('--val-fraction', type=float, default=0.1, help='tail of each document held out (default 0.1)')
-    p.add_argument('--timeout', type=float, default=30.0, help='seconds to connect and per read (default 30)')
-    p.add_argument('--retries', type=int, default=3, help='retries after a 5xx answer or a timeout (default 3)')
-    p.add_argument('--quiet', action='store_true', help='no progress bar')
+    add_options(p, CorpusConfig, flags={'out_dir': '--out', 'progress': '--quiet'}, out_dir=dict(required=True),
+                files=dict(nargs='+', metavar='FILE'))
 
 # %% ../nbs/01_corpus.ipynb #3c092f55
 WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")  # letters, with apostrophes inside: o'er, thou'rt

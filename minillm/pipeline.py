@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import minillm
-from .core import (ExitCode, MinillmError, add_command, atomic_write, ensure_free_disk, parse_duration,
+from .core import (ExitCode, MinillmError, add_command, add_options, config_from_args, atomic_write, ensure_free_disk, parse_duration,
                           ensure_writable_dir, run_lock, sha256_file)
-from .checkpoint import has_checkpoints
+from .checkpoint import check_start_flags, has_checkpoints
 from .corpus import check_mirror, parse_books
 
 # %% auto #0
@@ -30,16 +30,16 @@ class PipelineConfig:
     epochs: int = 20                # passes over the training tokens
     batch_size: int = 32            # sequences per optimizer step
     learning_rate: float = 3e-4     # peak learning rate of AdamW
-    model: str = 'default'          # model shape: a name in minillm.model.MODEL_PRESETS
+    model: str = 'default'          # model shape, a preset of chapter 3: nano, default, small, medium or tiny
     vocab_size: int = 4096          # tokens the tokenizer learns
     books: str = ''                 # comma-separated Project Gutenberg numbers; '' is the bundled corpus (offline)
     mirror: str = ''                # Project Gutenberg mirror or local server for --books
-    skip_corpus: bool = False       # reuse RUN/corpus from an earlier run instead of building it
-    resume: bool = False            # continue training from RUN/train/checkpoints/last without asking
+    skip_corpus: bool = False       # reuse RUN/corpus from an earlier run
+    resume: bool = False            # continue training from existing checkpoints without asking
     force_restart: bool = False     # start training over, replacing existing checkpoints, without asking
     device: str = 'auto'            # cpu, cuda, mps or auto
-    max_time: str = '4m'            # training's wall-clock budget (20 epochs take ~40 min on 2 cores); none: no limit
-    min_free_disk: float = 2.0      # GB that must be free in the run directory before starting
+    max_time: str = '4m'            # training's wall-clock budget, then it saves and validation runs; 20 epochs of the bundled corpus take about 40 minutes on 2 CPU cores; 'none' trains every epoch
+    min_free_disk: float = 2.0      # GB that must be free in the run directory
     notebooks: str = ''             # folder with the chapter notebooks; '' finds the installed ones
     validation: dict = field(default_factory=dict)  # extra parameters for 05_generation.ipynb (thresholds)
 
@@ -181,8 +181,7 @@ def _interactive() -> bool: return sys.stdin.isatty() and sys.stdout.isatty()
 
 def resolve_resume(cfg: PipelineConfig, ask=None, isatty=None) -> PipelineConfig:
     "Decide `resume`/`force_restart` for a run directory that may hold checkpoints, asking on a terminal."
-    if cfg.resume and cfg.force_restart:
-        raise MinillmError('--resume and --force-restart contradict each other; pass one of them', ExitCode.USAGE)
+    check_start_flags(cfg.resume, cfg.force_restart)
     if cfg.resume or cfg.force_restart or not has_checkpoints(Path(cfg.run_dir)/'train'): return cfg
     ck = Path(cfg.run_dir)/'train'/'checkpoints'
     if not (isatty or _interactive)():
@@ -426,21 +425,8 @@ def make_standin_notebooks(folder, fail: str = '') -> Path:
     return folder
 
 # %% ../nbs/06_pipeline.ipynb #d86a4516
-_HELP = {f.name: f for f in fields(PipelineConfig)}
-_OPTION_HELP = {
-    'run_dir': 'where every artifact, executed notebook and the report go', 'epochs': 'passes over the training tokens',
-    'batch_size': 'sequences per optimizer step', 'learning_rate': 'peak learning rate of AdamW',
-    'model': 'model shape: nano, default, small or medium (minillm.model.MODEL_PRESETS)',
-    'vocab_size': 'tokens the tokenizer learns', 'books': "comma-separated Project Gutenberg numbers; '' is the "
-    'bundled corpus (offline)', 'mirror': 'Project Gutenberg mirror or local server for --books',
-    'skip_corpus': 'reuse RUN/corpus from an earlier run', 'resume': 'continue training from existing checkpoints',
-    'force_restart': 'start training over, replacing existing checkpoints', 'device': 'cpu, cuda, mps or auto',
-    'max_time': "training's wall-clock budget, then it saves and validation runs; 20 epochs of the bundled "
-                "corpus take about 40 minutes on 2 CPU cores; 'none' trains every epoch",
-    'min_free_disk': 'GB that must be free in the run directory',
-    'notebooks': "folder with the chapter notebooks; '' finds the installed ones"}
-
 def _positive(kind):
+    "An argparse type: a number of `kind` above zero (or zero, for a float)."
     def conv(text):
         try: v = kind(text)
         except ValueError: raise argparse.ArgumentTypeError(f'not a number: {text!r}') from None
@@ -458,26 +444,18 @@ def _validation_param(text: str):
     except ValueError: return key, value
 
 def add_cli(subparsers) -> None:
-    "Register `minillm pipeline`."
+    "Register `minillm pipeline`: an option per `PipelineConfig` field, and `--validation-param`."
     p = add_command(subparsers, 'pipeline', _pipeline_command,
                     'run every chapter notebook with papermill: corpus, tokenizer, model, training, validation',
                     ['minillm pipeline', 'minillm pipeline --epochs 5 --run-dir runs/quick',
                      'minillm pipeline --run-dir runs/quick --resume'])
-    for f in fields(PipelineConfig):
-        if f.name == 'validation': continue
-        opt, d = '--' + f.name.replace('_', '-'), f.default
-        if f.type == 'bool': p.add_argument(opt, action='store_true', help=_OPTION_HELP[f.name] + ' (default: off)')
-        else:
-            kind = {'int': _positive(int), 'float': _positive(float)}.get(f.type, str)
-            p.add_argument(opt, type=kind, default=d, metavar=f.name.upper(),
-                           help=f'{_OPTION_HELP[f.name]} (default: {d!r})' if d == '' else f'{_OPTION_HELP[f.name]} (default: {d})')
+    add_options(p, PipelineConfig, skip=['validation'], types={'int': _positive(int), 'float': _positive(float)})
     p.add_argument('--validation-param', action='append', type=_validation_param, default=[], metavar='NAME=VALUE',
                    help='extra parameter for 05_generation.ipynb, e.g. a validation threshold (repeatable)')
 
 # %% ../nbs/06_pipeline.ipynb #badddd1e
 def _pipeline_command(args) -> int:
-    cfg = PipelineConfig(**{f.name: getattr(args, f.name) for f in fields(PipelineConfig) if f.name != 'validation'},
-                         validation=dict(args.validation_param))
+    cfg = config_from_args(PipelineConfig, args, validation=dict(args.validation_param))
     if training_budget(cfg.max_time): parse_duration(cfg.max_time)  # bad values are usage errors, up front
     if cfg.books: parse_books(cfg.books)
     if cfg.mirror: check_mirror(cfg.mirror)

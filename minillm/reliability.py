@@ -221,7 +221,7 @@ BAD_INPUTS += [
     BadInput('pipeline', 'a `file://` mirror', lambda w, s: _pipe(w, '--books', '1', '--mirror', 'file:///etc/passwd'), 1, 'not an http(s) URL'),
     BadInput('pipeline', 'more free disk asked for than there is', lambda w, s: _pipe(w, '--min-free-disk', '1e9'), 1, 'not enough free disk'),
     BadInput('pipeline', 'a `--notebooks` folder without the chapters', lambda w, s: _pipe(w, '--notebooks', w/'nothing'), 1, 'chapter notebooks not found'),
-    BadInput('pipeline', '`--resume` and `--force-restart` together', lambda w, s: _pipe(w, '--resume', '--force-restart'), 1, 'contradict each other'),
+    BadInput('pipeline', '`--resume` and `--force-restart` together', lambda w, s: _pipe(w, '--resume', '--force-restart'), 1, 'exclude each other'),
     BadInput('pipeline', 'a run directory another pipeline is using', lambda w, s: [s.enter_context(run_lock(w/'run')), *_pipe(w)][1:], 1, 'is in use by pid'),
     BadInput('bench', 'a `--text` file that does not exist', lambda w, s: ['bench', 'quality', '--text', w/'missing.txt'], 1, 'not found'),
     BadInput('bench', 'a `--split` outside (0, 1)', lambda w, s: ['bench', 'quality', '--text', _text(w), '--split', '1.5'], 1, '--split must be between 0 and 1'),

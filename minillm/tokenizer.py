@@ -5,6 +5,7 @@
 # %% ../nbs/02_tokenizer.ipynb #4fc9f39d
 from __future__ import annotations
 import contextlib, io, json, os, random, re, time
+from dataclasses import dataclass
 from itertools import compress, repeat
 from pathlib import Path
 
@@ -13,13 +14,14 @@ import sentencepiece as spm
 from tqdm import tqdm
 
 from .corpus import build_corpus, iter_documents, read_manifest
-from .core import (MinillmError, ExitCode, add_command, atomic_write, book_dir, ensure_free_disk,
+from .core import (MinillmError, ExitCode, add_command, add_options, config_from_args, atomic_write, book_dir, ensure_free_disk,
                           ensure_writable_dir, sha256_file)
 
 # %% auto #0
 __all__ = ['DEFAULT_VOCAB_SIZE', 'SPECIAL_IDS', 'USER_SYMBOLS', 'N_RESERVED', 'MAX_TRAIN_BYTES', 'MAX_LINE_CHARS', 'SPACE_SYMBOL',
            'META_KEYS', 'corpus_manifest', 'split_bytes', 'num_threads', 'training_lines', 'train_tokenizer',
-           'Tokenizer', 'WordCache', 'encode_shards', 'read_meta', 'load_shard', 'check_shards', 'add_cli']
+           'Tokenizer', 'WordCache', 'encode_shards', 'read_meta', 'load_shard', 'check_shards', 'TokenizerConfig',
+           'add_cli']
 
 # %% ../nbs/02_tokenizer.ipynb #73007e60
 def corpus_manifest(corpus_dir) -> dict:
@@ -283,25 +285,32 @@ def check_shards(data_dir, tokenizer_path=None, exit_code: int = ExitCode.TOKENI
                                f'not {sha[:12]} of {tok_file}{damaged}); re-encode them with this tokenizer or use theirs', exit_code)
     return meta
 
+# %% ../nbs/02_tokenizer.ipynb #61cff680
+@dataclass
+class TokenizerConfig:
+    "One `minillm tokenizer` run; each field is a command-line option."
+    corpus_dir: str = ''                   # corpus directory (corpus.txt + manifest.json from `minillm corpus`)
+    out_dir: str = ''                      # output directory for tokenizer.model, train.bin, val.bin, meta.json
+    vocab_size: int = DEFAULT_VOCAB_SIZE   # number of tokens
+    model_type: str = 'bpe'                # SentencePiece algorithm: bpe or unigram
+    progress: bool = True                  # progress bars on stderr; --quiet turns them off
+
 # %% ../nbs/02_tokenizer.ipynb #fb8e8b7c
 def _run_tokenizer(args) -> int:
-    t0 = time.time()
-    path = train_tokenizer(args.corpus, args.out, args.vocab_size, args.model_type)
+    cfg, t0 = config_from_args(TokenizerConfig, args), time.time()
+    path = train_tokenizer(cfg.corpus_dir, cfg.out_dir, cfg.vocab_size, cfg.model_type)
     t1 = time.time()
-    meta = encode_shards(args.corpus, path, args.out, progress=not args.quiet)
+    meta = encode_shards(cfg.corpus_dir, path, cfg.out_dir, progress=cfg.progress)
     t2, mb = time.time(), (meta['train_bytes'] + meta['val_bytes']) / 1e6
-    print(f'trained a {meta["vocab_size"]}-token {args.model_type} tokenizer in {t1 - t0:.1f} s; encoded {mb:.1f} MB '
-          f'into {meta["train_tokens"]:,} train and {meta["val_tokens"]:,} val tokens in {t2 - t1:.1f} s -> {args.out}')
+    print(f'trained a {meta["vocab_size"]}-token {cfg.model_type} tokenizer in {t1 - t0:.1f} s; encoded {mb:.1f} MB '
+          f'into {meta["train_tokens"]:,} train and {meta["val_tokens"]:,} val tokens in {t2 - t1:.1f} s -> {cfg.out_dir}')
     return 0
 
 def add_cli(subparsers) -> None:
-    "Register `minillm tokenizer`."
+    "Register `minillm tokenizer`: an option per `TokenizerConfig` field."
     p = add_command(subparsers, 'tokenizer', _run_tokenizer,
                     'train a SentencePiece tokenizer on a corpus and encode it into token shards',
                     ['minillm tokenizer --corpus data/corpus --out data/tok',
                      'minillm tokenizer --corpus data/corpus --vocab-size 8192 --model-type unigram --out data/tok8k'])
-    p.add_argument('--corpus', required=True, help='corpus directory (corpus.txt + manifest.json from `minillm corpus`)')
-    p.add_argument('--out', required=True, help='output directory for tokenizer.model, train.bin, val.bin, meta.json')
-    p.add_argument('--vocab-size', type=int, default=DEFAULT_VOCAB_SIZE, help=f'number of tokens (default {DEFAULT_VOCAB_SIZE})')
-    p.add_argument('--model-type', choices=['bpe', 'unigram'], default='bpe', help='SentencePiece algorithm (default bpe)')
-    p.add_argument('--quiet', action='store_true', help='no progress bars')
+    add_options(p, TokenizerConfig, flags={'corpus_dir': '--corpus', 'out_dir': '--out', 'progress': '--quiet'},
+                corpus_dir=dict(required=True), out_dir=dict(required=True), model_type=dict(choices=['bpe', 'unigram']))

@@ -156,7 +156,7 @@ def test_resume_refused_without_terminal(recorded, standins, capsys, monkeypatch
     assert err.strip() == (f'minillm pipeline: error: found existing checkpoints in {run}/train/checkpoints and no '
                            'terminal to ask; pass --resume to continue training or --force-restart to start over')
     code, out, err = pipeline(capsys, '--run-dir', run, '--notebooks', standins, '--resume', '--force-restart', *FAST)
-    assert code == 1 and 'contradict' in err
+    assert code == 1 and 'exclude each other' in err
 
 
 def test_interrupt_exits_130(tmp_path, standins, capsys, monkeypatch):

@@ -210,3 +210,47 @@ def test_every_import_the_pipeline_executes_is_a_runtime_requirement():
                 if mod in sys.stdlib_module_names or mod in ('minillm', '__future__'): continue
                 owners = {norm(d) for d in dists.get(mod, [])}
                 assert owners & runtime, f'{phase.notebook} imports {mod} ({owners or "not installed"}), which `pip install .` does not bring'
+
+
+# ---------------------------------------------------------------- one source for every option
+
+CONFIGS = {'01_corpus': 'minillm.corpus.CorpusConfig', '02_tokenizer': 'minillm.tokenizer.TokenizerConfig',
+           '04_training': 'minillm.training.TrainConfig', '05_generation': 'minillm.generation.ValidateConfig'}
+PAGE_SWITCHES = {'show_stats', 'show_benchmarks', 'show_demos'}  # what a page shows, not how a stage runs
+
+
+def _config(path: str):
+    import importlib
+    module, name = path.rsplit('.', 1)
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize('name', PIPELINE_CHAPTERS)
+def test_papermill_parameters_are_config_fields(name):
+    "A pipeline chapter's parameters are fields of its command's config (plus the page's own switches), and the"
+    " pipeline passes only parameters the chapter has."
+    from dataclasses import fields
+    import nbformat
+    from papermill.translators import PythonTranslator
+    from minillm.pipeline import PipelineConfig, phase_parameters
+    nb = nbformat.read(NBS/f'{name}.ipynb', as_version=4)
+    cell = next(c for c in nb.cells if 'parameters' in c.metadata.get('tags', []))
+    params = {p.name for p in PythonTranslator.inspect(cell)}
+    allowed = {f.name for f in fields(_config(CONFIGS[name]))} if name in CONFIGS else set()
+    assert params - PAGE_SWITCHES <= allowed, f'{name}: {sorted(params - PAGE_SWITCHES - allowed)} are no config fields'
+    phase = next(p.name for p in PHASES if p.notebook == f'{name}.ipynb')
+    assert set(phase_parameters(phase, PipelineConfig())) <= params
+
+
+def test_every_option_comes_from_a_config():
+    "Help texts and defaults are the config fields' comments and defaults (core.add_options), never written by hand."
+    hand = [f'{p.name}:{i}' for p in sorted((ROOT/'minillm').glob('*.py')) if p.name not in ('core.py', 'bench.py')
+            for i, line in enumerate(p.read_text().splitlines(), 1) if '(default' in line and 'help=' in line]
+    assert hand == [], f'options with a hand-written default in their help: {hand}'
+    from dataclasses import fields
+    for path in list(CONFIGS.values()) + ['minillm.pipeline.PipelineConfig', 'minillm.generation.GenerateConfig',
+                                         'minillm.generation.EvaluateConfig', 'minillm.export.ExportConfig',
+                                         'minillm.export.ImportConfig']:
+        from minillm.core import option_help
+        cls = _config(path)
+        assert set(option_help(cls)) == {f.name for f in fields(cls)}, f'{path}: every field needs a comment'
