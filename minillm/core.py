@@ -29,6 +29,7 @@ class ExitCode(IntEnum):
     TRAINING = 4      # the training stage failed
     VALIDATION = 5    # the trained model did not pass validation
     GENERATION = 6    # loading a checkpoint or generating text failed
+    INTERNAL = 70     # a bug: an unexpected exception (MINILLM_DEBUG=1 shows its traceback); 70 is sysexits' EX_SOFTWARE
     INTERRUPTED = 130 # Ctrl+C or SIGTERM, after state was saved (128 + SIGINT, the shell convention)
 
 # %% ../nbs/00_core.ipynb #053cfe67
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get('MINILLM_DEBUG'): raise
         print(f'{where}: internal error: {type(e).__name__}: {e} (this is a bug: rerun with '
               f'MINILLM_DEBUG=1 and report the traceback)', file=sys.stderr)
-        code = 70
+        code = ExitCode.INTERNAL
     return int(code or 0)
 
 def cli() -> None:

@@ -5,7 +5,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minillm.core import ExitCode, MinillmError
 from minillm.model import MODEL_PRESETS, KVCache, MiniLLM, ModelConfig, count_params, flops_per_token
 
 
@@ -13,15 +12,6 @@ def tiny(**kw):
     d = dict(vocab_size=97, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
     d.update(kw)
     return ModelConfig(**d)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    "These tensors are tiny: one thread is faster, and far faster when other processes share the cores."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture

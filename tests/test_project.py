@@ -254,3 +254,11 @@ def test_every_option_comes_from_a_config():
         from minillm.core import option_help
         cls = _config(path)
         assert set(option_help(cls)) == {f.name for f in fields(cls)}, f'{path}: every field needs a comment'
+
+
+def test_the_unsafe_call_scan_covers_every_package_file():
+    "tests/test_faults.py scans every file of the package for shells, eval, exec and unpickling, with no exceptions."
+    from helpers import PACKAGE_FILES
+    assert PACKAGE_FILES == sorted((ROOT/'minillm').rglob('*.py')) and len(PACKAGE_FILES) > 10
+    scan = (ROOT/'tests'/'test_faults.py').read_text()
+    assert 'assert unsafe_calls(PACKAGE_FILES) == []' in scan
