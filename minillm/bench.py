@@ -4,8 +4,8 @@
 
 # %% ../nbs/07_bench.ipynb #55b632a7
 from __future__ import annotations
-import argparse, datetime as dt, json, math, os, platform, re, statistics, tempfile, time
-from dataclasses import dataclass, asdict, fields
+import datetime as dt, json, math, os, platform, re, statistics, tempfile, time
+from dataclasses import dataclass, asdict
 from pathlib import Path
 
 import numpy as np

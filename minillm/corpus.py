@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_corpus.ipynb #c296e1fa
 from __future__ import annotations
-import codecs, collections, contextlib, hashlib, json, lzma, os, re, socket, sys, time, unicodedata, warnings
+import codecs, collections, hashlib, json, lzma, os, re, socket, time, unicodedata, warnings
 import http.client, urllib.error, urllib.parse, urllib.request
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -13,7 +13,7 @@ from typing import Iterable, Iterator
 from tqdm import tqdm
 
 import minillm
-from .core import (ExitCode, MinillmError, add_command, add_options, config_from_args, atomic_write, book_dir, ensure_free_disk,
+from .core import (ExitCode, MinillmError, add_command, add_options, config_from_args, atomic_write, ensure_free_disk,
                           ensure_writable_dir, sha256_file)
 
 # %% auto #0
@@ -268,7 +268,7 @@ def fetch_url(url: str, dest, timeout: float = 30.0, max_bytes: int = 64 << 20, 
     except urllib.error.HTTPError as e:
         if e.code >= 500: raise _Retry(f'HTTP {e.code}') from None
         raise
-    except (TimeoutError, socket.timeout) as e: raise _Retry('timed out') from None
+    except (TimeoutError, socket.timeout): raise _Retry('timed out') from None
     except (ConnectionError, http.client.HTTPException) as e: raise _Retry(f'broke the connection ({type(e).__name__})') from None
     except urllib.error.URLError as e:
         if isinstance(e.reason, (TimeoutError, socket.timeout)): raise _Retry('timed out') from None
@@ -336,7 +336,7 @@ def build_corpus(out_dir, books: Iterable[int] | None = None, mirror: str | None
                  retries: int = 3, backoff: float = 1.0, progress: bool = True) -> Path:
     "Build `out_dir/corpus.txt` and `manifest.json` from Gutenberg `books`, local `files`, or the bundled corpus."
     if not 0 <= val_fraction < 1: raise MinillmError(f'--val-fraction must be in [0, 1), not {val_fraction}')
-    if timeout <= 0 or retries < 0: raise MinillmError(f'--timeout must be > 0 and --retries >= 0')
+    if timeout <= 0 or retries < 0: raise MinillmError('--timeout must be > 0 and --retries >= 0')
     if books and mirror: check_mirror(mirror)
     for p in files or ():
         if not Path(p).is_file(): raise MinillmError(f'--files: {p} is not a file; give paths of plain-text books')

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_pipeline.ipynb #a080baa7
 from __future__ import annotations
-import argparse, contextlib, datetime as dt, hashlib, importlib, importlib.util, json, os, platform, shlex, shutil
+import argparse, contextlib, datetime as dt, hashlib, importlib, importlib.util, json, os, platform, shlex
 import signal, subprocess, sys, tempfile, threading, time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -122,7 +122,7 @@ def check_kernel() -> str:
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
     try:
         install_kernel()
-        spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+        KernelSpecManager().get_kernel_spec(KERNEL_NAME)  # raises NoSuchKernel if it cannot be found
     except (OSError, ImportError, NoSuchKernel) as e:
         raise MinillmError(f'no Jupyter kernel for the notebooks ({e}); install one with '
                            f'`{sys.executable} -m ipykernel install --user`', ExitCode.USAGE) from None

@@ -13,8 +13,8 @@ import numpy as np
 import sentencepiece as spm
 from tqdm import tqdm
 
-from .corpus import build_corpus, iter_documents, read_manifest
-from .core import (MinillmError, ExitCode, add_command, add_options, config_from_args, atomic_write, book_dir, ensure_free_disk,
+from .corpus import iter_documents, read_manifest
+from .core import (MinillmError, ExitCode, add_command, add_options, config_from_args, atomic_write, ensure_free_disk,
                           ensure_writable_dir, sha256_file)
 
 # %% auto #0

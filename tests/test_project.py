@@ -262,3 +262,9 @@ def test_the_unsafe_call_scan_covers_every_package_file():
     assert PACKAGE_FILES == sorted((ROOT/'minillm').rglob('*.py')) and len(PACKAGE_FILES) > 10
     scan = (ROOT/'tests'/'test_faults.py').read_text()
     assert 'assert unsafe_calls(PACKAGE_FILES) == []' in scan
+
+
+def test_pyflakes_finds_nothing_in_the_package():
+    "No unused import, undefined name or dead assignment in minillm/ (pyflakes is a development requirement)."
+    r = run([sys.executable, '-m', 'pyflakes', str(ROOT/'minillm')])
+    assert r.returncode == 0, r.stdout + r.stderr
