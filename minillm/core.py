@@ -236,6 +236,7 @@ def sigterm_as_interrupt():
     try: yield
     finally: signal.signal(signal.SIGTERM, old)
 
+# %% ../nbs/00_core.ipynb #e0052ec7
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `minillm` command."
     parser = build_parser()

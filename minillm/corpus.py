@@ -19,8 +19,8 @@ from .core import (ExitCode, MinillmError, add_command, add_options, config_from
 # %% auto #0
 __all__ = ['CLEANING_VERSION', 'DOC_SEPARATOR', 'GUTENBERG_START', 'GUTENBERG_END', 'SMALL_PRINT_START', 'HEADER_LINES',
            'BUNDLED_DIR', 'GUTENBERG', 'URL_FORMS', 'USER_AGENT', 'WORD', 'check_text_file', 'check_text_head',
-           'detect_encoding', 'strip_gutenberg', 'CleanStats', 'normalize_lines', 'clean_lines', 'clean_text',
-           'write_corpus', 'read_manifest', 'iter_documents', 'bundled_documents', 'fetch_url', 'check_mirror',
+           'detect_encoding', 'CleanStats', 'strip_gutenberg', 'normalize_lines', 'clean_lines', 'clean_text',
+           'write_corpus', 'read_manifest', 'iter_documents', 'bundled_documents', 'check_mirror', 'fetch_url',
            'default_cache_dir', 'download_book', 'build_corpus', 'parse_books', 'CorpusConfig', 'add_cli',
            'document_stats', 'word_counts']
 
@@ -70,6 +70,24 @@ GUTENBERG_END = re.compile(r'^\s*\**\s*END\s+OF\s+(THE\s+|THIS\s+)?PROJECT\s+GUT
                            r'|^\s*End of (the )?Project Gutenberg', re.I)
 SMALL_PRINT_START = re.compile(r'^\s*\*+\s*START\*+\s*THE SMALL PRINT', re.I)
 
+# %% ../nbs/01_corpus.ipynb #60a3b0af
+@dataclass
+class CleanStats:
+    "What cleaning one document removed or changed."
+    header_lines: int = 0      # Project Gutenberg header, up to and including the start marker
+    footer_lines: int = 0      # from the end marker to the end of the file (the licence)
+    bom: int = 0               # byte-order marks removed
+    control_chars: int = 0     # control characters removed (a DOS end-of-file ^Z, form feeds)
+    crlf_lines: int = 0        # lines that ended in \r\n (or a lone \r) instead of \n
+    blank_lines: int = 0       # blank lines dropped (runs collapsed to one; at the start and end)
+    trailing_space: int = 0    # lines that lost trailing spaces or tabs
+    nfc_lines: int = 0         # lines changed by Unicode NFC normalisation
+    lines_out: int = 0         # lines in the cleaned document
+
+    def add(self, other: CleanStats) -> CleanStats:
+        for f in fields(self): setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
 # %% ../nbs/01_corpus.ipynb #7bf7d6ab
 HEADER_LINES = 1000  # a start marker later than this is not looked for (real headers are < 400 lines)
 
@@ -89,24 +107,6 @@ def strip_gutenberg(lines: Iterable[str], stats: CleanStats | None = None) -> It
         if GUTENBERG_END.match(line) or SMALL_PRINT_START.match(line):
             stats.footer_lines += 1 + sum(1 for _ in lines); return
         yield line
-
-# %% ../nbs/01_corpus.ipynb #60a3b0af
-@dataclass
-class CleanStats:
-    "What cleaning one document removed or changed."
-    header_lines: int = 0      # Project Gutenberg header, up to and including the start marker
-    footer_lines: int = 0      # from the end marker to the end of the file (the licence)
-    bom: int = 0               # byte-order marks removed
-    control_chars: int = 0     # control characters removed (a DOS end-of-file ^Z, form feeds)
-    crlf_lines: int = 0        # lines that ended in \r\n (or a lone \r) instead of \n
-    blank_lines: int = 0       # blank lines dropped (runs collapsed to one; at the start and end)
-    trailing_space: int = 0    # lines that lost trailing spaces or tabs
-    nfc_lines: int = 0         # lines changed by Unicode NFC normalisation
-    lines_out: int = 0         # lines in the cleaned document
-
-    def add(self, other: CleanStats) -> CleanStats:
-        for f in fields(self): setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-        return self
 
 # %% ../nbs/01_corpus.ipynb #1e6eee89
 _CONTROL = re.compile('[\x00-\x08\x0b-\x1f\x7f]')  # control characters other than tab and line end
@@ -243,10 +243,28 @@ class _Retry(Exception): "A failure worth retrying: a 5xx answer, a timeout, a b
 
 def _mib(n: int) -> str: return f'{n / 2**20:.1f} MiB'
 
+# %% ../nbs/01_corpus.ipynb #1249520a
+def check_mirror(url: str) -> str:
+    "Return `url` if it is an http(s) URL with a host; refuse `file://`, `ftp://` and anything else."
+    parts = urllib.parse.urlsplit(str(url))
+    if parts.scheme.lower() not in ('http', 'https') or not parts.netloc:
+        raise MinillmError(f'mirror {url!r} is not an http(s) URL: only http:// and https:// downloads are allowed; '
+                           f'give one such as {GUTENBERG}', ExitCode.USAGE)
+    return str(url)
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    "Follow a redirect only to another http(s) URL (urllib's own handler also follows one to ftp://)."
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urllib.parse.urlsplit(newurl).scheme.lower() not in ('http', 'https'):
+            raise _fail(f'{req.full_url} redirects to {newurl}: only http(s) downloads are allowed; use another --mirror')
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
+
+# %% ../nbs/01_corpus.ipynb #aec801c1
 def fetch_url(url: str, dest, timeout: float = 30.0, max_bytes: int = 64 << 20, bar=None) -> Path:
     "Download `url` to `dest` atomically; raise `_Retry` for 5xx and timeouts, `MinillmError` otherwise."
-    check_mirror(url)
-    req = urllib.request.Request(url, headers={'User-Agent': USER_AGENT})
+    req = urllib.request.Request(check_mirror(url), headers={'User-Agent': USER_AGENT})  # http(s) only
     try:
         with _OPENER.open(req, timeout=timeout) as r, atomic_write(dest, 'wb') as f:
             if 'html' in r.headers.get('Content-Type', ''):
@@ -275,24 +293,6 @@ def fetch_url(url: str, dest, timeout: float = 30.0, max_bytes: int = 64 << 20, 
         raise _fail(f'cannot reach {url} ({e.reason}); check your network or the --mirror URL') from None
     return Path(dest)
 
-# %% ../nbs/01_corpus.ipynb #1249520a
-def check_mirror(url: str) -> str:
-    "Return `url` if it is an http(s) URL with a host; refuse `file://`, `ftp://` and anything else."
-    parts = urllib.parse.urlsplit(str(url))
-    if parts.scheme.lower() not in ('http', 'https') or not parts.netloc:
-        raise MinillmError(f'mirror {url!r} is not an http(s) URL: only http:// and https:// downloads are allowed; '
-                           f'give one such as {GUTENBERG}', ExitCode.USAGE)
-    return str(url)
-
-class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    "Follow a redirect only to another http(s) URL (urllib's own handler also follows one to ftp://)."
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        if urllib.parse.urlsplit(newurl).scheme.lower() not in ('http', 'https'):
-            raise _fail(f'{req.full_url} redirects to {newurl}: only http(s) downloads are allowed; use another --mirror')
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
-
 # %% ../nbs/01_corpus.ipynb #7d327db9
 def default_cache_dir() -> Path:
     "Where downloaded books are kept: `$MINILLM_CACHE`, else `~/.cache/minillm/gutenberg`."
@@ -303,6 +303,7 @@ def _cached(path: Path) -> bool:
     side = path.with_name(path.name + '.sha256')
     return path.exists() and side.exists() and side.read_text().strip() == sha256_file(path)
 
+# %% ../nbs/01_corpus.ipynb #93d49954
 def download_book(n: int, cache_dir=None, mirror: str | None = None, timeout: float = 30.0, retries: int = 3,
                   backoff: float = 1.0, max_bytes: int = 64 << 20, bar=None) -> Path:
     "The plain text of Project Gutenberg book `n`, from the cache or downloaded from `mirror`."
@@ -331,6 +332,19 @@ def download_book(n: int, cache_dir=None, mirror: str | None = None, timeout: fl
                 f'check the number at {GUTENBERG}/ebooks/{n}')
 
 # %% ../nbs/01_corpus.ipynb #b47699b8
+def _size(path) -> int:
+    "Uncompressed size of a file (`.xz` files are decompressed to count it)."
+    if str(path).endswith('.xz'):
+        with lzma.open(path) as f: return f.seek(0, os.SEEK_END)
+    return Path(path).stat().st_size
+
+def _gutenberg_header(path) -> dict:
+    "The `Title:` and `Author:` of a Gutenberg header, where the first 16 kB have them."
+    with open(path, 'rb') as f: head = f.read(1 << 14).decode('utf-8', 'replace').replace('\ufeff', '')
+    found = {k.lower(): v.strip() for k, v in re.findall(r'^\s*(Title|Author):\s*(.+)$', head, re.M | re.I)}
+    return {'title': found.get('title'), 'author': found.get('author')}
+
+# %% ../nbs/01_corpus.ipynb #31669c12
 def build_corpus(out_dir, books: Iterable[int] | None = None, mirror: str | None = None, cache_dir=None,
                  files: Iterable | None = None, val_fraction: float = 0.1, timeout: float = 30.0,
                  retries: int = 3, backoff: float = 1.0, progress: bool = True) -> Path:
@@ -355,18 +369,6 @@ def build_corpus(out_dir, books: Iterable[int] | None = None, mirror: str | None
     try: return write_corpus(out, docs, val_fraction)
     except OSError as e:  # a disk that fills up while writing, a file that vanished: the old corpus is intact
         raise _fail(f'writing the corpus in {out} failed ({e.strerror or e}); free some space or write elsewhere') from None
-
-def _size(path) -> int:
-    "Uncompressed size of a file (`.xz` files are decompressed to count it)."
-    if str(path).endswith('.xz'):
-        with lzma.open(path) as f: return f.seek(0, os.SEEK_END)
-    return Path(path).stat().st_size
-
-def _gutenberg_header(path) -> dict:
-    "The `Title:` and `Author:` of a Gutenberg header, where the first 16 kB have them."
-    with open(path, 'rb') as f: head = f.read(1 << 14).decode('utf-8', 'replace').replace('\ufeff', '')
-    found = {k.lower(): v.strip() for k, v in re.findall(r'^\s*(Title|Author):\s*(.+)$', head, re.M | re.I)}
-    return {'title': found.get('title'), 'author': found.get('author')}
 
 # %% ../nbs/01_corpus.ipynb #cfee716d
 def parse_books(text: str) -> list[int]:

@@ -280,6 +280,25 @@ def read_hf_tensors(d: Path) -> dict[str, torch.Tensor]:
     for f in files: tensors.update(load_file(str(d / f)))
     return tensors
 
+# %% ../nbs/08_export.ipynb #d63d9f8b
+def _write_imported(d: Path, out: Path, config: ModelConfig, tok: Tokenizer) -> Path:
+    "Load the folder's tensors into a `MiniLLM` (every tensor must be used) and save it with the tokenizer in `out`."
+    tensors = read_hf_tensors(d)
+    if config.tie_embeddings: tensors.pop('lm_head.weight', None)  # tied: the embedding is the head
+    tensors = {k: v for k, v in tensors.items() if not k.endswith('rotary_emb.inv_freq')}  # recomputed, not learned
+    layer_parts = [k for k in GGUF_NAMES if not k.startswith(('model.', 'lm_head'))]
+    known = {'model.embed_tokens.weight', 'model.norm.weight', 'lm_head.weight',
+             *(f'model.layers.{i}.{k}.weight' for i in range(config.n_layer) for k in layer_parts)}
+    if extra := sorted(set(tensors) - known):
+        raise _import_error(d, f'it has tensors minillm cannot place, such as {extra[0]}')
+    model = MiniLLM(config)
+    try: model.load_state_dict(minillm_state_dict(tensors, config))
+    except (KeyError, RuntimeError) as e:
+        raise _import_error(d, f'its tensors do not fit its config.json ({str(e).splitlines()[0]})', ExitCode.GENERATION) from None
+    save_model(model, out)
+    with atomic_write(out / 'tokenizer.model', 'wb') as f: f.write(tok.path.read_bytes())
+    return out
+
 # %% ../nbs/08_export.ipynb #cf1df7ff
 def _import_error(d: Path, why: str, code=ExitCode.USAGE) -> MinillmError:
     return MinillmError(f'cannot import {d}: {why}', code)
@@ -300,25 +319,6 @@ def import_hf(hf_dir, out_dir, force: bool = False) -> Path:
     if why := size_problem(config): raise _import_error(d, why)  # the rule load_model applies (section 4.1)
     out = prepare_out(out_dir, d, force)
     return _write_imported(d, out, config, tok)
-
-# %% ../nbs/08_export.ipynb #d63d9f8b
-def _write_imported(d: Path, out: Path, config: ModelConfig, tok: Tokenizer) -> Path:
-    "Load the folder's tensors into a `MiniLLM` (every tensor must be used) and save it with the tokenizer in `out`."
-    tensors = read_hf_tensors(d)
-    if config.tie_embeddings: tensors.pop('lm_head.weight', None)  # tied: the embedding is the head
-    tensors = {k: v for k, v in tensors.items() if not k.endswith('rotary_emb.inv_freq')}  # recomputed, not learned
-    layer_parts = [k for k in GGUF_NAMES if not k.startswith(('model.', 'lm_head'))]
-    known = {'model.embed_tokens.weight', 'model.norm.weight', 'lm_head.weight',
-             *(f'model.layers.{i}.{k}.weight' for i in range(config.n_layer) for k in layer_parts)}
-    if extra := sorted(set(tensors) - known):
-        raise _import_error(d, f'it has tensors minillm cannot place, such as {extra[0]}')
-    model = MiniLLM(config)
-    try: model.load_state_dict(minillm_state_dict(tensors, config))
-    except (KeyError, RuntimeError) as e:
-        raise _import_error(d, f'its tensors do not fit its config.json ({str(e).splitlines()[0]})', ExitCode.GENERATION) from None
-    save_model(model, out)
-    with atomic_write(out / 'tokenizer.model', 'wb') as f: f.write(tok.path.read_bytes())
-    return out
 
 # %% ../nbs/08_export.ipynb #6e9b4fb6
 @dataclass

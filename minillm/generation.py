@@ -133,6 +133,23 @@ def _prompt_ids(tok: Tokenizer, prompt: str, block_size: int) -> list[int]:
         ids = ids[-block_size:]
     return ids
 
+# %% ../nbs/05_generation.ipynb #aca17c13
+def _stream_batch(model, tok, rows, prompt_ids, pick, max_new_tokens, stops, stop_at_eos, use_cache, token_ids, device):
+    "Generate for prompts of equal length; yield (row, piece) until every row is done."
+    decoders = [StreamDecoder(tok, p) for p in prompt_ids]
+    scanners, done = [StopScanner(stops) for _ in rows], [False] * len(rows)
+    ids = torch.tensor(prompt_ids, device=device)                      # (B, T)
+    for nxt in next_tokens(model, ids, pick, max_new_tokens, use_cache):
+        for b, t in enumerate(nxt.tolist()):
+            if done[b]: continue
+            if stop_at_eos and t == tok.eos_id: done[b] = True; continue
+            if token_ids is not None: token_ids[rows[b]].append(t)
+            if piece := scanners[b].feed(decoders[b].push(t)): yield rows[b], piece
+            done[b] = scanners[b].stopped
+        if all(done): break
+    for b in range(len(rows)):
+        if not done[b] and (piece := scanners[b].feed(decoders[b].flush()) + scanners[b].flush()): yield rows[b], piece
+
 # %% ../nbs/05_generation.ipynb #a811c38c
 def stream(model: MiniLLM, tokenizer: Tokenizer, prompts: str | list[str], max_new_tokens: int = 100,
            temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0, repetition_penalty: float = 1.0,
@@ -151,23 +168,6 @@ def stream(model: MiniLLM, tokenizer: Tokenizer, prompts: str | list[str], max_n
         rows = [r for r, i in enumerate(ids_of) if len(i) == n]
         yield from _stream_batch(model, tokenizer, rows, [ids_of[r] for r in rows], pick, max_new_tokens,
                                  stops, stop_at_eos, use_cache, token_ids, device)
-
-# %% ../nbs/05_generation.ipynb #aca17c13
-def _stream_batch(model, tok, rows, prompt_ids, pick, max_new_tokens, stops, stop_at_eos, use_cache, token_ids, device):
-    "Generate for prompts of equal length; yield (row, piece) until every row is done."
-    decoders = [StreamDecoder(tok, p) for p in prompt_ids]
-    scanners, done = [StopScanner(stops) for _ in rows], [False] * len(rows)
-    ids = torch.tensor(prompt_ids, device=device)                      # (B, T)
-    for nxt in next_tokens(model, ids, pick, max_new_tokens, use_cache):
-        for b, t in enumerate(nxt.tolist()):
-            if done[b]: continue
-            if stop_at_eos and t == tok.eos_id: done[b] = True; continue
-            if token_ids is not None: token_ids[rows[b]].append(t)
-            if piece := scanners[b].feed(decoders[b].push(t)): yield rows[b], piece
-            done[b] = scanners[b].stopped
-        if all(done): break
-    for b in range(len(rows)):
-        if not done[b] and (piece := scanners[b].feed(decoders[b].flush()) + scanners[b].flush()): yield rows[b], piece
 
 # %% ../nbs/05_generation.ipynb #86a54956
 def generate(model: MiniLLM, tokenizer: Tokenizer, prompt: str | list[str], max_new_tokens: int = 100,
@@ -284,6 +284,12 @@ class ValidateConfig(CheckpointOptions):
     top_k: int | None = 50             # the samples draw from the k most likely tokens
     max_tokens: int = 20_000           # validation tokens scored at most; 0: all of them
 
+# %% ../nbs/05_generation.ipynb #06779712
+def _write_json(obj, path) -> None:
+    "Write `obj` as JSON to `path`, atomically, making its folder."
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as f: json.dump(obj, f, indent=1)
+
 # %% ../nbs/05_generation.ipynb #39ac87e7
 def validate(checkpoint_dir, **options) -> dict:
     "Check that a checkpoint learned real text (bits per byte, real words, no loops); `options` are `ValidateConfig` fields."
@@ -312,9 +318,7 @@ def validate(checkpoint_dir, **options) -> dict:
     report = dict(passed=all(c['passed'] for c in checks.values()), failed=[n for n, c in checks.items() if not c['passed']],
                   checkpoint=str(ck), data_dir=str(data), word_list=source, words_generated=len(words), **scores,
                   checks=checks, samples=[dict(prompt=p, text=s) for p, s in zip(prompts, samples)])
-    if cfg.report_path:
-        Path(cfg.report_path).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(cfg.report_path) as f: json.dump(report, f, indent=1)
+    if cfg.report_path: _write_json(report, cfg.report_path)
     return report
 
 # %% ../nbs/05_generation.ipynb #48bcc60a
@@ -362,6 +366,18 @@ class EvaluateConfig(CheckpointOptions):
     stride: int | None = None          # tokens between windows (default: half the context)
     json: bool = False                 # print the result as JSON
 
+# %% ../nbs/05_generation.ipynb #a9142463
+def _write_one(model, tok, prompt: str, opts: dict, as_json: bool) -> None:
+    "Stream one prompt's continuation to stdout, or print it as JSON."
+    ids, t0, text = [], time.perf_counter(), []
+    for _, piece in stream(model, tok, prompt, token_ids=ids, **opts):
+        text.append(piece)
+        if not as_json: print(piece, end='', flush=True)
+    dt = time.perf_counter() - t0
+    if as_json: print(json.dumps(dict(prompt=prompt, text=''.join(text), token_ids=ids[0], tokens=len(ids[0]),
+                                      seconds=round(dt, 4), tokens_per_s=round(len(ids[0]) / max(dt, 1e-9), 1))))
+    else: print(flush=True)
+
 # %% ../nbs/05_generation.ipynb #1c92c81a
 def _run_generate(args) -> int:
     cfg = config_from_args(GenerateConfig, args)
@@ -378,18 +394,6 @@ def _run_generate(args) -> int:
             prompts = [line]
         for prompt in prompts: _write_one(model, tok, prompt, opts, cfg.json)
         if not cfg.interactive: return 0
-
-# %% ../nbs/05_generation.ipynb #a9142463
-def _write_one(model, tok, prompt: str, opts: dict, as_json: bool) -> None:
-    "Stream one prompt's continuation to stdout, or print it as JSON."
-    ids, t0, text = [], time.perf_counter(), []
-    for _, piece in stream(model, tok, prompt, token_ids=ids, **opts):
-        text.append(piece)
-        if not as_json: print(piece, end='', flush=True)
-    dt = time.perf_counter() - t0
-    if as_json: print(json.dumps(dict(prompt=prompt, text=''.join(text), token_ids=ids[0], tokens=len(ids[0]),
-                                      seconds=round(dt, 4), tokens_per_s=round(len(ids[0]) / max(dt, 1e-9), 1))))
-    else: print(flush=True)
 
 # %% ../nbs/05_generation.ipynb #3b28e395
 def _run_validate(args) -> int:

@@ -17,10 +17,10 @@ from .corpus import check_mirror, parse_books
 
 # %% auto #0
 __all__ = ['PHASES', 'REQUIRED_PACKAGES', 'KERNEL_NAME', 'PipelineConfig', 'Phase', 'training_budget', 'phase_parameters',
-           'find_notebooks', 'check_packages', 'install_kernel', 'check_kernel', 'check_prerequisites', 'run_notebook',
-           'make_notebook', 'resolve_resume', 'phase_fingerprint', 'corpus_intact', 'outputs_present', 'versions',
-           'git_commit', 'samples_of', 'write_report', 'report_markdown', 'check_outputs', 'forward_interrupts',
-           'resume_command', 'run_pipeline', 'make_standin_notebooks', 'add_cli']
+           'find_notebooks', 'check_packages', 'install_kernel', 'check_kernel', 'check_prerequisites', 'make_notebook',
+           'run_notebook', 'resolve_resume', 'phase_fingerprint', 'corpus_intact', 'outputs_present', 'versions',
+           'git_commit', 'samples_of', 'report_markdown', 'write_report', 'check_outputs', 'forward_interrupts',
+           'resume_command', 'make_standin_notebooks', 'run_pipeline', 'add_cli']
 
 # %% ../nbs/06_pipeline.ipynb #3699c4ff
 @dataclass
@@ -140,6 +140,17 @@ def check_prerequisites(cfg: PipelineConfig) -> Path:
     check_kernel()
     return find_notebooks(cfg.notebooks)
 
+# %% ../nbs/06_pipeline.ipynb #63026920
+def make_notebook(path, parameters: str, body: str) -> Path:
+    "Write a two-cell notebook: a cell tagged `parameters` and a body cell (for demos and tests)."
+    import nbformat
+    nb = nbformat.v4.new_notebook(metadata={'kernelspec': {'name': 'python3', 'display_name': 'Python 3',
+                                                           'language': 'python'}})
+    nb.cells = [nbformat.v4.new_code_cell(parameters, metadata={'tags': ['parameters']}),
+                nbformat.v4.new_code_cell(body)]
+    nbformat.write(nb, str(path))
+    return Path(path)
+
 # %% ../nbs/06_pipeline.ipynb #8739efe9
 def run_notebook(src, dest, parameters: dict, exit_code: int, cwd=None, quiet: bool = False) -> Path:
     "Execute notebook `src` into `dest` with `parameters`; turn a failure into `MinillmError(exit_code)`."
@@ -164,17 +175,6 @@ def run_notebook(src, dest, parameters: dict, exit_code: int, cwd=None, quiet: b
         raise MinillmError(f'the kernel running {Path(src).name} failed ({type(e).__name__}: {e}); '
                            f'see {dest}', exit_code) from None
     return Path(dest)
-
-# %% ../nbs/06_pipeline.ipynb #63026920
-def make_notebook(path, parameters: str, body: str) -> Path:
-    "Write a two-cell notebook: a cell tagged `parameters` and a body cell (for demos and tests)."
-    import nbformat
-    nb = nbformat.v4.new_notebook(metadata={'kernelspec': {'name': 'python3', 'display_name': 'Python 3',
-                                                           'language': 'python'}})
-    nb.cells = [nbformat.v4.new_code_cell(parameters, metadata={'tags': ['parameters']}),
-                nbformat.v4.new_code_cell(body)]
-    nbformat.write(nb, str(path))
-    return Path(path)
 
 # %% ../nbs/06_pipeline.ipynb #e6183d84
 def _interactive() -> bool: return sys.stdin.isatty() and sys.stdout.isatty()
@@ -255,18 +255,6 @@ def samples_of(validation: dict) -> list[str]:
             out.append(text if text.startswith(s.get('prompt') or '') else (s.get('prompt') or '') + text)
     return out
 
-# %% ../nbs/06_pipeline.ipynb #29a0e984
-def write_report(cfg: PipelineConfig, durations: dict, skipped: list) -> Path:
-    "Write `RUN/summary.json` and `RUN/report.md`; return the report's path."
-    run = Path(cfg.run_dir)
-    train, val = _read_json(run/'train'/'summary.json'), _read_json(run/'validation.json')
-    summary = dict(config=asdict(cfg), versions=versions(), git_commit=git_commit(),
-                   finished=dt.datetime.now().isoformat(timespec='seconds'), phase_seconds=durations,
-                   skipped_phases=skipped, training=train, validation=val)
-    with atomic_write(run/'summary.json') as f: json.dump(summary, f, indent=2, default=str)
-    with atomic_write(run/'report.md') as f: f.write(report_markdown(summary, run))
-    return run/'report.md'
-
 # %% ../nbs/06_pipeline.ipynb #c8e65072
 def _table(d: dict) -> str:
     rows = [f'| {k} | {v:.4g} |' if isinstance(v, float) else f'| {k} | {v} |'
@@ -285,6 +273,18 @@ def report_markdown(summary: dict, run: Path) -> str:
     parts += ['## Samples\n'] + [f'```text\n{s.strip()}\n```\n' for s in samples_of(summary['validation'])]
     parts.append('The executed notebooks are in `notebooks/`: open one to see exactly what ran.\n')
     return '\n'.join(parts)
+
+# %% ../nbs/06_pipeline.ipynb #29a0e984
+def write_report(cfg: PipelineConfig, durations: dict, skipped: list) -> Path:
+    "Write `RUN/summary.json` and `RUN/report.md`; return the report's path."
+    run = Path(cfg.run_dir)
+    train, val = _read_json(run/'train'/'summary.json'), _read_json(run/'validation.json')
+    summary = dict(config=asdict(cfg), versions=versions(), git_commit=git_commit(),
+                   finished=dt.datetime.now().isoformat(timespec='seconds'), phase_seconds=durations,
+                   skipped_phases=skipped, training=train, validation=val)
+    with atomic_write(run/'summary.json') as f: json.dump(summary, f, indent=2, default=str)
+    with atomic_write(run/'report.md') as f: f.write(report_markdown(summary, run))
+    return run/'report.md'
 
 # %% ../nbs/06_pipeline.ipynb #d075a505
 def check_outputs(phase: Phase, cfg: PipelineConfig, dest: Path) -> None:
@@ -330,6 +330,7 @@ def _kernel_pids() -> list[int]:
         if int(fields_[1]) == os.getpid(): pids.append(int(stat.parent.name))
     return pids
 
+# %% ../nbs/06_pipeline.ipynb #b03ee057
 @contextlib.contextmanager
 def forward_interrupts(poll: float = 0.2):
     "Yield the list of stop signals received; the first is sent on to every kernel as SIGINT, the second interrupts here."
@@ -371,15 +372,27 @@ def _interrupted(cfg: PipelineConfig, when: str, dest=None) -> MinillmError:
     return MinillmError(f'interrupted {when}{nb}; finished phases and training checkpoints are kept: continue with '
                         f'`{resume_command(cfg)}`', ExitCode.INTERRUPTED)
 
-# %% ../nbs/06_pipeline.ipynb #23097dfe
-def run_pipeline(cfg: PipelineConfig, ask=None, isatty=None, quiet: bool = False) -> Path:
-    "Run every phase for `cfg`, holding the run directory's lock; return the path of the report."
-    nbs = check_prerequisites(cfg)
-    with run_lock(cfg.run_dir):  # a second pipeline into this directory is refused, never interleaved
-        resolve_resume(cfg, ask, isatty)
-        with forward_interrupts() as stops: durations, skipped = _run_phases(cfg, nbs, stops, quiet)
-        return write_report(cfg, durations, skipped)
+# %% ../nbs/06_pipeline.ipynb #52dda606
+def make_standin_notebooks(folder, fail: str = '') -> Path:
+    "Five tiny notebooks with the chapters' names and parameters that write stand-in artifacts (demos, tests)."
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    imports = 'import json, hashlib\nfrom pathlib import Path\nfrom minillm.core import MinillmError\n'
+    bodies = {'corpus': "o = Path(out_dir); o.mkdir(parents=True, exist_ok=True)\n(o/'corpus.txt').write_text('a b c')\n"
+                        "(o/'manifest.json').write_text(json.dumps({'sha256': hashlib.sha256(b'a b c').hexdigest()}))",
+              'tokenizer': "o = Path(out_dir); o.mkdir(parents=True, exist_ok=True)\n"
+                           "for f in ('meta.json', 'train.bin', 'val.bin'): (o/f).write_text('{}')",
+              'model': "print('model ok')",
+              'training': "c = Path(out_dir)/'checkpoints'/'last'; c.mkdir(parents=True, exist_ok=True)\n"
+                          "(c/'model.safetensors').write_bytes(b'')\n"
+                          "(Path(out_dir)/'summary.json').write_text(json.dumps({'val_loss': 3.2, 'epochs': epochs}))",
+              'validation': "Path(report_path).write_text(json.dumps({'passed': True, 'samples': ['To be or not']}))"}
+    for p in PHASES:
+        params = '\n'.join(f'{k} = {v!r}' for k, v in phase_parameters(p.name, PipelineConfig()).items())
+        fail_line = f"raise MinillmError('stand-in {p.name} failure; nothing to do', {int(p.exit_code)})\n" if fail == p.name else ''
+        make_notebook(folder/p.notebook, params, imports + fail_line + bodies[p.name])
+    return folder
 
+# %% ../nbs/06_pipeline.ipynb #7b725231
 def _run_phases(cfg: PipelineConfig, nbs: Path, stops: list, quiet: bool) -> tuple[dict, list]:
     run = Path(cfg.run_dir); (run/'notebooks').mkdir(exist_ok=True)
     state_path, durations, skipped = run/'pipeline_state.json', {}, []
@@ -404,25 +417,14 @@ def _run_phases(cfg: PipelineConfig, nbs: Path, stops: list, quiet: bool) -> tup
         print(f'=== {phase.name} done in {durations[phase.name]:.1f} s', flush=True)
     return durations, skipped
 
-# %% ../nbs/06_pipeline.ipynb #52dda606
-def make_standin_notebooks(folder, fail: str = '') -> Path:
-    "Five tiny notebooks with the chapters' names and parameters that write stand-in artifacts (demos, tests)."
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    imports = 'import json, hashlib\nfrom pathlib import Path\nfrom minillm.core import MinillmError\n'
-    bodies = {'corpus': "o = Path(out_dir); o.mkdir(parents=True, exist_ok=True)\n(o/'corpus.txt').write_text('a b c')\n"
-                        "(o/'manifest.json').write_text(json.dumps({'sha256': hashlib.sha256(b'a b c').hexdigest()}))",
-              'tokenizer': "o = Path(out_dir); o.mkdir(parents=True, exist_ok=True)\n"
-                           "for f in ('meta.json', 'train.bin', 'val.bin'): (o/f).write_text('{}')",
-              'model': "print('model ok')",
-              'training': "c = Path(out_dir)/'checkpoints'/'last'; c.mkdir(parents=True, exist_ok=True)\n"
-                          "(c/'model.safetensors').write_bytes(b'')\n"
-                          "(Path(out_dir)/'summary.json').write_text(json.dumps({'val_loss': 3.2, 'epochs': epochs}))",
-              'validation': "Path(report_path).write_text(json.dumps({'passed': True, 'samples': ['To be or not']}))"}
-    for p in PHASES:
-        params = '\n'.join(f'{k} = {v!r}' for k, v in phase_parameters(p.name, PipelineConfig()).items())
-        fail_line = f"raise MinillmError('stand-in {p.name} failure; nothing to do', {int(p.exit_code)})\n" if fail == p.name else ''
-        make_notebook(folder/p.notebook, params, imports + fail_line + bodies[p.name])
-    return folder
+# %% ../nbs/06_pipeline.ipynb #23097dfe
+def run_pipeline(cfg: PipelineConfig, ask=None, isatty=None, quiet: bool = False) -> Path:
+    "Run every phase for `cfg`, holding the run directory's lock; return the path of the report."
+    nbs = check_prerequisites(cfg)
+    with run_lock(cfg.run_dir):  # a second pipeline into this directory is refused, never interleaved
+        resolve_resume(cfg, ask, isatty)
+        with forward_interrupts() as stops: durations, skipped = _run_phases(cfg, nbs, stops, quiet)
+        return write_report(cfg, durations, skipped)
 
 # %% ../nbs/06_pipeline.ipynb #d86a4516
 def _positive(kind):
@@ -434,6 +436,20 @@ def _positive(kind):
         return v
     conv.__name__ = kind.__name__
     return conv
+
+# %% ../nbs/06_pipeline.ipynb #badddd1e
+def _pipeline_command(args) -> int:
+    cfg = config_from_args(PipelineConfig, args, validation=dict(args.validation_param))
+    if training_budget(cfg.max_time): parse_duration(cfg.max_time)  # bad values are usage errors, up front
+    if cfg.books: parse_books(cfg.books)
+    if cfg.mirror: check_mirror(cfg.mirror)
+    report = run_pipeline(cfg)
+    val = _read_json(Path(cfg.run_dir)/'validation.json')
+    samples = samples_of(val)
+    print(f'\nreport: {report}')
+    if samples:  # an undertrained model can emit control characters: keep the console readable
+        print('sample: ' + ''.join(c if c.isprintable() else ' ' for c in samples[0].strip()[:300]))
+    return ExitCode.OK
 
 # %% ../nbs/06_pipeline.ipynb #98b5cfee
 def _validation_param(text: str):
@@ -452,17 +468,3 @@ def add_cli(subparsers) -> None:
     add_options(p, PipelineConfig, skip=['validation'], types={'int': _positive(int), 'float': _positive(float)})
     p.add_argument('--validation-param', action='append', type=_validation_param, default=[], metavar='NAME=VALUE',
                    help='extra parameter for 05_generation.ipynb, e.g. a validation threshold (repeatable)')
-
-# %% ../nbs/06_pipeline.ipynb #badddd1e
-def _pipeline_command(args) -> int:
-    cfg = config_from_args(PipelineConfig, args, validation=dict(args.validation_param))
-    if training_budget(cfg.max_time): parse_duration(cfg.max_time)  # bad values are usage errors, up front
-    if cfg.books: parse_books(cfg.books)
-    if cfg.mirror: check_mirror(cfg.mirror)
-    report = run_pipeline(cfg)
-    val = _read_json(Path(cfg.run_dir)/'validation.json')
-    samples = samples_of(val)
-    print(f'\nreport: {report}')
-    if samples:  # an undertrained model can emit control characters: keep the console readable
-        print('sample: ' + ''.join(c if c.isprintable() else ' ' for c in samples[0].strip()[:300]))
-    return ExitCode.OK

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
+from fastcore.basics import patch
 from tqdm import tqdm
 
 from .corpus import iter_documents, read_manifest
@@ -131,28 +132,26 @@ class Tokenizer:
                                f'retrain it with `minillm tokenizer --corpus DIR --out DIR`', exit_code)
         return cls(sp, path)
 
-    def encode(self, text: str) -> list[int]:
-        "Token ids of `text`."
-        if SPACE_SYMBOL not in text: return self.sp.encode(text)
-        parts = [self.sp.encode(p) for p in text.split(SPACE_SYMBOL)]
-        return [i for k, p in enumerate(parts) for i in (self._space_symbol_ids if k else []) + p]
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        "Token ids of each text, encoded on all cores."
-        out = self.sp.encode(list(texts), num_threads=self.num_threads)
-        return [self.encode(t) if SPACE_SYMBOL in t else ids for t, ids in zip(texts, out)]
-
-    def decode(self, ids) -> str:
-        "The text of token ids (a list, a NumPy array or a tensor); special tokens decode to nothing."
-        return self.sp.decode(ids.tolist() if hasattr(ids, 'tolist') else list(ids))
-
-    def encode_array(self, text: str) -> np.ndarray:
-        "`encode(text)` as an int64 array, faster for long texts: each distinct word is encoded only once."
-        if self.sp.id_to_piece(self.newline_id) != '\n': return np.array(self.encode(text), np.int64)
-        if self._words is None: self._words = WordCache()
-        return _encode_words(self, text)
-
     def __repr__(self): return f'Tokenizer({self.vocab_size} pieces, {self.path})'
+
+# %% ../nbs/02_tokenizer.ipynb #1077d853
+@patch
+def encode(self: Tokenizer, text: str) -> list[int]:
+    "Token ids of `text`."
+    if SPACE_SYMBOL not in text: return self.sp.encode(text)
+    parts = [self.sp.encode(p) for p in text.split(SPACE_SYMBOL)]
+    return [i for k, p in enumerate(parts) for i in (self._space_symbol_ids if k else []) + p]
+
+@patch
+def encode_batch(self: Tokenizer, texts: list[str]) -> list[list[int]]:
+    "Token ids of each text, encoded on all cores."
+    out = self.sp.encode(list(texts), num_threads=self.num_threads)
+    return [self.encode(t) if SPACE_SYMBOL in t else ids for t, ids in zip(texts, out)]
+
+@patch
+def decode(self: Tokenizer, ids) -> str:
+    "The text of token ids (a list, a NumPy array or a tensor); special tokens decode to nothing."
+    return self.sp.decode(ids.tolist() if hasattr(ids, 'tolist') else list(ids))
 
 # %% ../nbs/02_tokenizer.ipynb #4a695516
 class WordCache:
@@ -191,6 +190,14 @@ def _encode_words(tok: Tokenizer, text: str) -> np.ndarray:
     n = cache.lens[which]; ends = np.cumsum(n)   # ids per word; where each word's ids end in the output
     ids = cache.flat[np.repeat(cache.starts[which] - (ends - n), n) + np.arange(ends[-1] if len(ends) else 0)]
     return np.concatenate([np.array(tok.encode(words[0]), np.int64), ids])
+
+# %% ../nbs/02_tokenizer.ipynb #1bbd1d93
+@patch
+def encode_array(self: Tokenizer, text: str) -> np.ndarray:
+    "`encode(text)` as an int64 array, faster for long texts: each distinct word is encoded only once."
+    if self.sp.id_to_piece(self.newline_id) != '\n': return np.array(self.encode(text), np.int64)
+    if self._words is None: self._words = WordCache()
+    return _encode_words(self, text)
 
 # %% ../nbs/02_tokenizer.ipynb #071dac43
 def _encode_split(tok: Tokenizer, corpus_dir, split: str, f, dtype, total: int, progress: bool) -> tuple[int, int]:

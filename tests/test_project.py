@@ -268,3 +268,61 @@ def test_pyflakes_finds_nothing_in_the_package():
     "No unused import, undefined name or dead assignment in minillm/ (pyflakes is a development requirement)."
     r = run([sys.executable, '-m', 'pyflakes', str(ROOT/'minillm')])
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------- house style (STYLE.md)
+
+EXPORTED = re.compile(r'^#\|\s*export\b')
+# Notebooks whose exported cells another branch is rewriting; the rewrite follows the house style, so drop
+# the entry when it lands (an XPASS says it is time).
+BEING_REWRITTEN = {'03_model': 'the model internals are being rewritten for speed (issue 16)',
+                   '07_bench': 'the bench command is being rewritten onto one trainer (issue 15)'}
+
+
+def _defined(tree) -> set[str]:
+    "Names a cell's top-level statements define: functions, classes, assigned names (`obj.attr = f` counts attr)."
+    import ast
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)): names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+                names |= {n.attr for n in ast.walk(target) if isinstance(n, ast.Attribute)}
+    return names
+
+
+def _is_table(tree) -> bool:
+    "One dataclass of one-line fields, such as a config: it reads as a table, whatever its length."
+    import ast
+    return (len(tree.body) == 1 and isinstance(cls := tree.body[0], ast.ClassDef)
+            and any('dataclass' in ast.unparse(d) for d in cls.decorator_list)
+            and all(isinstance(s, (ast.AnnAssign, ast.Expr)) for s in cls.body))
+
+
+def style_problems(name: str) -> list[str]:
+    "Exported cells of notebook `name` over 30 lines, and those not followed by a cell that uses what they define."
+    import ast
+    cells = [c for c in json.loads((NBS/f'{name}.ipynb').read_text())['cells'] if c['cell_type'] == 'code']
+    problems = []
+    for i, c in enumerate(cells):
+        src = ''.join(c['source'])
+        if not EXPORTED.match(src): continue
+        tree, lines = ast.parse(src), [l for l in src.splitlines() if not l.startswith('#|')]
+        if len(lines) > 30 and not _is_table(tree):
+            problems.append(f'cell {c["id"]} has {len(lines)} lines: split it (a class can grow with @patch)')
+        shown = []
+        for d in cells[i + 1:]:
+            if EXPORTED.match(''.join(d['source'])): break
+            shown.append(''.join(d['source']))
+        names = _defined(tree)
+        if names and not any(re.search(rf'\b{re.escape(n)}\b', s) for n in names for s in shown):
+            problems.append(f'cell {c["id"]} defines {", ".join(sorted(names))}, and no cell after it shows or tests them')
+    return problems
+
+
+@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.xfail(reason=BEING_REWRITTEN[n], strict=False))
+                                  if n in BEING_REWRITTEN else n for n in sorted(p.stem for p in NBS.glob('[0-9]*.ipynb'))])
+def test_house_style(name):
+    "Exported cells stay small (30 lines at most) and each is followed by a cell that shows or tests what it defines."
+    assert style_problems(name) == []
