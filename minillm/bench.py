@@ -4,8 +4,8 @@
 
 # %% ../nbs/07_bench.ipynb #55b632a7
 from __future__ import annotations
-import argparse, datetime as dt, json, math, os, platform, re, statistics, tempfile, time
-from dataclasses import dataclass, asdict, fields
+import datetime as dt, json, math, os, platform, re, statistics, tempfile, time
+from dataclasses import dataclass, asdict
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from .core import MinillmError, ExitCode, atomic_write, add_command, parse_duration, ensure_writable_dir, sha256_file
 from .corpus import build_corpus
 from .tokenizer import train_tokenizer, Tokenizer
-from .model import ModelConfig, MiniLLM, MODEL_PRESETS, count_params, flops_per_token, save_model
+from .model import ModelConfig, MiniLLM, MODEL_PRESETS, count_params, flops_per_token
+from .checkpoint import save_model
 from .training import TrainConfig, make_optimizer, train_step, get_batch
 
 # %% auto #0

@@ -4,17 +4,20 @@
 
 # %% ../nbs/00_core.ipynb #9487ce59
 from __future__ import annotations
-import argparse, contextlib, datetime as dt, hashlib, importlib, json, os, re, shutil, signal, socket, sys
+import argparse, contextlib, datetime as dt, hashlib, importlib, json, os, pkgutil, re, shutil, signal, socket, sys
 import tempfile, threading
+from dataclasses import fields, is_dataclass
 from enum import IntEnum
 from pathlib import Path
+
+from fastcore.docments import docments
 
 import minillm
 
 # %% auto #0
 __all__ = ['LOCK_FILE', 'CLI_MODULES', 'ExitCode', 'MinillmError', 'atomic_write', 'sha256_file', 'parse_duration',
            'ensure_writable_dir', 'ensure_free_disk', 'read_lock', 'run_lock', 'book_dir', 'CLIParser', 'add_command',
-           'build_parser', 'sigterm_as_interrupt', 'main', 'cli']
+           'option_help', 'add_options', 'config_from_args', 'build_parser', 'sigterm_as_interrupt', 'main', 'cli']
 
 # %% ../nbs/00_core.ipynb #0aa9c4f9
 class ExitCode(IntEnum):
@@ -26,6 +29,7 @@ class ExitCode(IntEnum):
     TRAINING = 4      # the training stage failed
     VALIDATION = 5    # the trained model did not pass validation
     GENERATION = 6    # loading a checkpoint or generating text failed
+    INTERNAL = 70     # a bug: an unexpected exception (MINILLM_DEBUG=1 shows its traceback); 70 is sysexits' EX_SOFTWARE
     INTERRUPTED = 130 # Ctrl+C or SIGTERM, after state was saved (128 + SIGINT, the shell convention)
 
 # %% ../nbs/00_core.ipynb #053cfe67
@@ -162,6 +166,46 @@ def add_command(subparsers, name: str, func, help: str, examples: list[str] = ()
     if examples: _EXAMPLES[name] = examples[0]
     return p
 
+# %% ../nbs/00_core.ipynb #bab41032
+def _exported(cls):
+    "`cls`, or, for a class defined in a notebook cell (no source file to read), the class minillm exports by that name."
+    if cls.__module__ != '__main__': return cls
+    for m in pkgutil.iter_modules(minillm.__path__):  # a chapter run cell by cell: nbdev keeps the two the same
+        twin = getattr(importlib.import_module(f'minillm.{m.name}'), cls.__name__, None)
+        if is_dataclass(twin): return twin
+    return cls
+
+def option_help(cls) -> dict[str, str]:
+    "The comment after each field of the dataclass `cls` (its parents' fields too): the help of the field's option."
+    helps = {}
+    for c in reversed(_exported(cls).__mro__):
+        if is_dataclass(c): helps.update({k: v for k, v in docments(c).items() if v and k != 'return'})
+    return helps
+
+# %% ../nbs/00_core.ipynb #ac72facd
+_TYPES = {'int': int, 'float': float, 'str': str, 'list[str]': str}
+
+def add_options(p, cls, flags: dict | None = None, skip=(), types: dict | None = None, **extra) -> None:
+    "An option per field of the dataclass `cls`: help from its comment, type and default from the field; `extra[name]` adds argparse settings."
+    helps, defaults, flags = option_help(cls), cls(), flags or {}
+    for f in fields(cls):
+        if f.name in skip: continue
+        if f.name not in helps: raise TypeError(f'{cls.__name__}.{f.name} needs a comment: it is the help of its option')
+        flag, d = flags.get(f.name, '--' + f.name.replace('_', '-')), getattr(defaults, f.name)
+        kw = dict(help=helps[f.name], **extra.get(f.name, {}))
+        if not flag.startswith('-'): p.add_argument(flag, **kw); continue  # a positional argument is always given
+        if isinstance(d, bool): kw.setdefault('action', 'store_false' if d else 'store_true')
+        else:
+            kw.setdefault('type', {**_TYPES, **(types or {})}.get(f.type.removesuffix(' | None'), str))
+            kw.setdefault('default', d)
+            if f.name in flags and 'choices' not in kw: kw.setdefault('metavar', flag[2:].replace('-', '_').upper())  # --out OUT
+            if d is not None and not kw.get('required'): kw['help'] += f' (default: {d!r})' if d == '' else f' (default: {d})'
+        p.add_argument(flag, dest=f.name, **kw)
+
+def config_from_args(cls, args, **values):
+    "The dataclass `cls` filled from parsed `args` (the fields they hold) and `values`."
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name) and f.name not in values}, **values)
+
 # %% ../nbs/00_core.ipynb #e0e3883a
 CLI_MODULES = ['corpus', 'tokenizer', 'training', 'generation', 'pipeline', 'bench', 'export']
 
@@ -192,6 +236,7 @@ def sigterm_as_interrupt():
     try: yield
     finally: signal.signal(signal.SIGTERM, old)
 
+# %% ../nbs/00_core.ipynb #e0052ec7
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `minillm` command."
     parser = build_parser()
@@ -210,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get('MINILLM_DEBUG'): raise
         print(f'{where}: internal error: {type(e).__name__}: {e} (this is a bug: rerun with '
               f'MINILLM_DEBUG=1 and report the traceback)', file=sys.stderr)
-        code = 70
+        code = ExitCode.INTERNAL
     return int(code or 0)
 
 def cli() -> None:

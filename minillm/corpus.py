@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_corpus.ipynb #c296e1fa
 from __future__ import annotations
-import codecs, collections, contextlib, hashlib, json, lzma, os, re, socket, sys, time, unicodedata, warnings
+import codecs, collections, hashlib, json, lzma, os, re, socket, time, unicodedata, warnings
 import http.client, urllib.error, urllib.parse, urllib.request
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -13,16 +13,16 @@ from typing import Iterable, Iterator
 from tqdm import tqdm
 
 import minillm
-from .core import (ExitCode, MinillmError, add_command, atomic_write, book_dir, ensure_free_disk,
+from .core import (ExitCode, MinillmError, add_command, add_options, config_from_args, atomic_write, ensure_free_disk,
                           ensure_writable_dir, sha256_file)
 
 # %% auto #0
 __all__ = ['CLEANING_VERSION', 'DOC_SEPARATOR', 'GUTENBERG_START', 'GUTENBERG_END', 'SMALL_PRINT_START', 'HEADER_LINES',
            'BUNDLED_DIR', 'GUTENBERG', 'URL_FORMS', 'USER_AGENT', 'WORD', 'check_text_file', 'check_text_head',
-           'detect_encoding', 'strip_gutenberg', 'CleanStats', 'normalize_lines', 'clean_lines', 'clean_text',
-           'write_corpus', 'read_manifest', 'iter_documents', 'bundled_documents', 'fetch_url', 'check_mirror',
-           'default_cache_dir', 'download_book', 'build_corpus', 'parse_books', 'add_cli', 'document_stats',
-           'word_counts']
+           'detect_encoding', 'CleanStats', 'strip_gutenberg', 'normalize_lines', 'clean_lines', 'clean_text',
+           'write_corpus', 'read_manifest', 'iter_documents', 'bundled_documents', 'check_mirror', 'fetch_url',
+           'default_cache_dir', 'download_book', 'build_corpus', 'parse_books', 'CorpusConfig', 'add_cli',
+           'document_stats', 'word_counts']
 
 # %% ../nbs/01_corpus.ipynb #4131423e
 CLEANING_VERSION = 1  # bump when cleaning changes, so corpora built by older code can be told apart
@@ -70,6 +70,24 @@ GUTENBERG_END = re.compile(r'^\s*\**\s*END\s+OF\s+(THE\s+|THIS\s+)?PROJECT\s+GUT
                            r'|^\s*End of (the )?Project Gutenberg', re.I)
 SMALL_PRINT_START = re.compile(r'^\s*\*+\s*START\*+\s*THE SMALL PRINT', re.I)
 
+# %% ../nbs/01_corpus.ipynb #60a3b0af
+@dataclass
+class CleanStats:
+    "What cleaning one document removed or changed."
+    header_lines: int = 0      # Project Gutenberg header, up to and including the start marker
+    footer_lines: int = 0      # from the end marker to the end of the file (the licence)
+    bom: int = 0               # byte-order marks removed
+    control_chars: int = 0     # control characters removed (a DOS end-of-file ^Z, form feeds)
+    crlf_lines: int = 0        # lines that ended in \r\n (or a lone \r) instead of \n
+    blank_lines: int = 0       # blank lines dropped (runs collapsed to one; at the start and end)
+    trailing_space: int = 0    # lines that lost trailing spaces or tabs
+    nfc_lines: int = 0         # lines changed by Unicode NFC normalisation
+    lines_out: int = 0         # lines in the cleaned document
+
+    def add(self, other: CleanStats) -> CleanStats:
+        for f in fields(self): setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
 # %% ../nbs/01_corpus.ipynb #7bf7d6ab
 HEADER_LINES = 1000  # a start marker later than this is not looked for (real headers are < 400 lines)
 
@@ -89,24 +107,6 @@ def strip_gutenberg(lines: Iterable[str], stats: CleanStats | None = None) -> It
         if GUTENBERG_END.match(line) or SMALL_PRINT_START.match(line):
             stats.footer_lines += 1 + sum(1 for _ in lines); return
         yield line
-
-# %% ../nbs/01_corpus.ipynb #60a3b0af
-@dataclass
-class CleanStats:
-    "What cleaning one document removed or changed."
-    header_lines: int = 0      # Project Gutenberg header, up to and including the start marker
-    footer_lines: int = 0      # from the end marker to the end of the file (the licence)
-    bom: int = 0               # byte-order marks removed
-    control_chars: int = 0     # control characters removed (a DOS end-of-file ^Z, form feeds)
-    crlf_lines: int = 0        # lines that ended in \r\n (or a lone \r) instead of \n
-    blank_lines: int = 0       # blank lines dropped (runs collapsed to one; at the start and end)
-    trailing_space: int = 0    # lines that lost trailing spaces or tabs
-    nfc_lines: int = 0         # lines changed by Unicode NFC normalisation
-    lines_out: int = 0         # lines in the cleaned document
-
-    def add(self, other: CleanStats) -> CleanStats:
-        for f in fields(self): setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-        return self
 
 # %% ../nbs/01_corpus.ipynb #1e6eee89
 _CONTROL = re.compile('[\x00-\x08\x0b-\x1f\x7f]')  # control characters other than tab and line end
@@ -243,45 +243,6 @@ class _Retry(Exception): "A failure worth retrying: a 5xx answer, a timeout, a b
 
 def _mib(n: int) -> str: return f'{n / 2**20:.1f} MiB'
 
-def fetch_url(url: str, dest, timeout: float = 30.0, max_bytes: int = 64 << 20, bar=None,
-              deadline: float = 600.0) -> Path:
-    "Download `url` to `dest` atomically; raise `_Retry` for 5xx and timeouts, `MinillmError` otherwise."
-    check_mirror(url)
-    # `timeout` bounds each read; a server that trickles a byte at a time never trips it, so the
-    # whole file also gets `deadline` seconds
-    t_end = time.monotonic() + deadline
-    req = urllib.request.Request(url, headers={'User-Agent': USER_AGENT})
-    try:
-        with _OPENER.open(req, timeout=timeout) as r, atomic_write(dest, 'wb') as f:
-            if 'html' in r.headers.get('Content-Type', ''):
-                raise _fail(f'{url} is an HTML page, not plain text; check the book number or the --mirror URL')
-            if int(r.headers.get('Content-Length') or 0) > max_bytes:
-                raise _fail(f'{url} is {_mib(int(r.headers["Content-Length"]))}, over the {_mib(max_bytes)} '
-                            f'limit for one book; check the book number or the --mirror URL')
-            if bar is not None and r.headers.get('Content-Length'):
-                bar.total = (bar.total or 0) + int(r.headers['Content-Length']); bar.refresh()
-            head = b''
-            while b := r.read1(1 << 16):  # read1: whatever has arrived, so the deadline is checked often
-                if time.monotonic() > t_end:
-                    raise _fail(f'{url} sent {_mib(f.tell())} in {deadline:g} s, the limit for one file: the '
-                                f'server is too slow; try later or use another --mirror')
-                if f.tell() + len(b) > max_bytes:
-                    raise _fail(f'{url} is over the {_mib(max_bytes)} limit for one book; check the book number')
-                f.write(b); head = head if len(head) >= 8192 else (head + b)[:8192]
-                if bar is not None: bar.update(len(b))
-            if (size := r.headers.get('Content-Length')) and f.tell() != int(size):  # urllib does not check
-                raise _Retry(f'sent a short body ({f.tell()} of {size} bytes)')
-            check_text_head(head, url)
-    except urllib.error.HTTPError as e:
-        if e.code >= 500: raise _Retry(f'HTTP {e.code}') from None
-        raise
-    except (TimeoutError, socket.timeout) as e: raise _Retry('timed out') from None
-    except (ConnectionError, http.client.HTTPException) as e: raise _Retry(f'broke the connection ({type(e).__name__})') from None
-    except urllib.error.URLError as e:
-        if isinstance(e.reason, (TimeoutError, socket.timeout)): raise _Retry('timed out') from None
-        raise _fail(f'cannot reach {url} ({e.reason}); check your network or the --mirror URL') from None
-    return Path(dest)
-
 # %% ../nbs/01_corpus.ipynb #1249520a
 def check_mirror(url: str) -> str:
     "Return `url` if it is an http(s) URL with a host; refuse `file://`, `ftp://` and anything else."
@@ -300,6 +261,51 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
 
 _OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
 
+# %% ../nbs/01_corpus.ipynb #aca03d80
+def _copy_body(r, f, url: str, max_bytes: int, bar, t_end: float, deadline: float) -> bytes:
+    "Copy the answer `r` into `f` under the size cap and the deadline; return its first 8 kB."
+    head = b''
+    while b := r.read1(1 << 16):  # read1: whatever has arrived, so the deadline is checked often
+        if time.monotonic() > t_end:
+            raise _fail(f'{url} sent {_mib(f.tell())} in {deadline:g} s, the limit for one file: the '
+                        f'server is too slow; try later or use another --mirror')
+        if f.tell() + len(b) > max_bytes:
+            raise _fail(f'{url} is over the {_mib(max_bytes)} limit for one book; check the book number')
+        f.write(b); head = head if len(head) >= 8192 else (head + b)[:8192]
+        if bar is not None: bar.update(len(b))
+    return head
+
+# %% ../nbs/01_corpus.ipynb #aec801c1
+def fetch_url(url: str, dest, timeout: float = 30.0, max_bytes: int = 64 << 20, bar=None,
+              deadline: float = 600.0) -> Path:
+    "Download `url` to `dest` atomically; raise `_Retry` for 5xx and timeouts, `MinillmError` otherwise."
+    # `timeout` bounds each read; a server that trickles a byte at a time never trips it, so the
+    # whole file also gets `deadline` seconds
+    t_end = time.monotonic() + deadline
+    req = urllib.request.Request(check_mirror(url), headers={'User-Agent': USER_AGENT})  # http(s) only
+    try:
+        with _OPENER.open(req, timeout=timeout) as r, atomic_write(dest, 'wb') as f:
+            if 'html' in r.headers.get('Content-Type', ''):
+                raise _fail(f'{url} is an HTML page, not plain text; check the book number or the --mirror URL')
+            if int(r.headers.get('Content-Length') or 0) > max_bytes:
+                raise _fail(f'{url} is {_mib(int(r.headers["Content-Length"]))}, over the {_mib(max_bytes)} '
+                            f'limit for one book; check the book number or the --mirror URL')
+            if bar is not None and r.headers.get('Content-Length'):
+                bar.total = (bar.total or 0) + int(r.headers['Content-Length']); bar.refresh()
+            head = _copy_body(r, f, url, max_bytes, bar, t_end, deadline)
+            if (size := r.headers.get('Content-Length')) and f.tell() != int(size):  # urllib does not check
+                raise _Retry(f'sent a short body ({f.tell()} of {size} bytes)')
+            check_text_head(head, url)
+    except urllib.error.HTTPError as e:
+        if e.code >= 500: raise _Retry(f'HTTP {e.code}') from None
+        raise
+    except (TimeoutError, socket.timeout): raise _Retry('timed out') from None
+    except (ConnectionError, http.client.HTTPException) as e: raise _Retry(f'broke the connection ({type(e).__name__})') from None
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, (TimeoutError, socket.timeout)): raise _Retry('timed out') from None
+        raise _fail(f'cannot reach {url} ({e.reason}); check your network or the --mirror URL') from None
+    return Path(dest)
+
 # %% ../nbs/01_corpus.ipynb #7d327db9
 def default_cache_dir() -> Path:
     "Where downloaded books are kept: `$MINILLM_CACHE`, else `~/.cache/minillm/gutenberg`."
@@ -310,6 +316,7 @@ def _cached(path: Path) -> bool:
     side = path.with_name(path.name + '.sha256')
     return path.exists() and side.exists() and side.read_text().strip() == sha256_file(path)
 
+# %% ../nbs/01_corpus.ipynb #93d49954
 def download_book(n: int, cache_dir=None, mirror: str | None = None, timeout: float = 30.0, retries: int = 3,
                   backoff: float = 1.0, max_bytes: int = 64 << 20, bar=None, deadline: float = 600.0) -> Path:
     "The plain text of Project Gutenberg book `n`, from the cache or downloaded from `mirror`."
@@ -338,12 +345,25 @@ def download_book(n: int, cache_dir=None, mirror: str | None = None, timeout: fl
                 f'check the number at {GUTENBERG}/ebooks/{n}')
 
 # %% ../nbs/01_corpus.ipynb #b47699b8
+def _size(path) -> int:
+    "Uncompressed size of a file (`.xz` files are decompressed to count it)."
+    if str(path).endswith('.xz'):
+        with lzma.open(path) as f: return f.seek(0, os.SEEK_END)
+    return Path(path).stat().st_size
+
+def _gutenberg_header(path) -> dict:
+    "The `Title:` and `Author:` of a Gutenberg header, where the first 16 kB have them."
+    with open(path, 'rb') as f: head = f.read(1 << 14).decode('utf-8', 'replace').replace('\ufeff', '')
+    found = {k.lower(): v.strip() for k, v in re.findall(r'^\s*(Title|Author):\s*(.+)$', head, re.M | re.I)}
+    return {'title': found.get('title'), 'author': found.get('author')}
+
+# %% ../nbs/01_corpus.ipynb #31669c12
 def build_corpus(out_dir, books: Iterable[int] | None = None, mirror: str | None = None, cache_dir=None,
                  files: Iterable | None = None, val_fraction: float = 0.1, timeout: float = 30.0,
                  retries: int = 3, backoff: float = 1.0, progress: bool = True) -> Path:
     "Build `out_dir/corpus.txt` and `manifest.json` from Gutenberg `books`, local `files`, or the bundled corpus."
     if not 0 <= val_fraction < 1: raise MinillmError(f'--val-fraction must be in [0, 1), not {val_fraction}')
-    if timeout <= 0 or retries < 0: raise MinillmError(f'--timeout must be > 0 and --retries >= 0')
+    if timeout <= 0 or retries < 0: raise MinillmError('--timeout must be > 0 and --retries >= 0')
     if books and mirror: check_mirror(mirror)
     for p in files or ():
         if not Path(p).is_file(): raise MinillmError(f'--files: {p} is not a file; give paths of plain-text books')
@@ -363,18 +383,6 @@ def build_corpus(out_dir, books: Iterable[int] | None = None, mirror: str | None
     except OSError as e:  # a disk that fills up while writing, a file that vanished: the old corpus is intact
         raise _fail(f'writing the corpus in {out} failed ({e.strerror or e}); free some space or write elsewhere') from None
 
-def _size(path) -> int:
-    "Uncompressed size of a file (`.xz` files are decompressed to count it)."
-    if str(path).endswith('.xz'):
-        with lzma.open(path) as f: return f.seek(0, os.SEEK_END)
-    return Path(path).stat().st_size
-
-def _gutenberg_header(path) -> dict:
-    "The `Title:` and `Author:` of a Gutenberg header, where the first 16 kB have them."
-    with open(path, 'rb') as f: head = f.read(1 << 14).decode('utf-8', 'replace').replace('\ufeff', '')
-    found = {k.lower(): v.strip() for k, v in re.findall(r'^\s*(Title|Author):\s*(.+)$', head, re.M | re.I)}
-    return {'title': found.get('title'), 'author': found.get('author')}
-
 # %% ../nbs/01_corpus.ipynb #cfee716d
 def parse_books(text: str) -> list[int]:
     "Project Gutenberg numbers from a comma-separated string such as '1342,11,84'."
@@ -385,10 +393,26 @@ def parse_books(text: str) -> list[int]:
                            f'for example 1342,11,84', ExitCode.USAGE)
     return ids
 
+# %% ../nbs/01_corpus.ipynb #15cdfd92
+@dataclass
+class CorpusConfig:
+    "One `minillm corpus` run; each field is a command-line option."
+    out_dir: str = ''                # output directory for corpus.txt and manifest.json
+    books: str | None = None         # comma-separated Project Gutenberg numbers (default: the bundled corpus)
+    files: list[str] | None = None   # local plain-text files to include
+    mirror: str | None = None        # Project Gutenberg mirror or local server (default: https://www.gutenberg.org)
+    cache: str | None = None         # download cache (default: $MINILLM_CACHE or ~/.cache/minillm/gutenberg)
+    val_fraction: float = 0.1        # tail of each document held out for validation
+    timeout: float = 30.0            # seconds to connect and per read
+    retries: int = 3                 # retries after a 5xx answer or a timeout
+    progress: bool = True            # a progress bar on stderr; --quiet turns it off
+
+# %% ../nbs/01_corpus.ipynb #5a626205
 def _corpus_command(args) -> int:
-    books = parse_books(args.books) if args.books is not None else None
-    path = build_corpus(args.out, books, args.mirror, args.cache, files=args.files, val_fraction=args.val_fraction,
-                        timeout=args.timeout, retries=args.retries, progress=not args.quiet)
+    cfg = config_from_args(CorpusConfig, args)
+    books = parse_books(cfg.books) if cfg.books is not None else None
+    path = build_corpus(cfg.out_dir, books, cfg.mirror, cfg.cache, files=cfg.files, val_fraction=cfg.val_fraction,
+                        timeout=cfg.timeout, retries=cfg.retries, progress=cfg.progress)
     m = read_manifest(path.parent)
     val = sum(e - s for s, e in (d['val'] for d in m['documents']))
     print(f'wrote {path}: {len(m["documents"])} documents, {m["bytes"] / 2**20:.2f} MiB '
@@ -396,20 +420,13 @@ def _corpus_command(args) -> int:
     return ExitCode.OK
 
 def add_cli(subparsers) -> None:
-    "Register `minillm corpus`."
+    "Register `minillm corpus`: an option per `CorpusConfig` field."
     p = add_command(subparsers, 'corpus', _corpus_command,
                     'build a clean corpus: the bundled books (offline), or Project Gutenberg books by number',
                     ['minillm corpus --out runs/corpus', 'minillm corpus --books 1342,11,84 --out runs/gutenberg',
                      'minillm corpus --books 1342 --mirror http://127.0.0.1:8000 --out /tmp/corpus'])
-    p.add_argument('--out', required=True, help='output directory for corpus.txt and manifest.json')
-    p.add_argument('--books', help='comma-separated Project Gutenberg numbers (default: the bundled corpus)')
-    p.add_argument('--files', nargs='+', metavar='FILE', help='local plain-text files to include')
-    p.add_argument('--mirror', help=f'Project Gutenberg mirror or local server (default {GUTENBERG})')
-    p.add_argument('--cache', help='download cache (default $MINILLM_CACHE or ~/.cache/minillm/gutenberg)')
-    p.add_argument('--val-fraction', type=float, default=0.1, help='tail of each document held out (default 0.1)')
-    p.add_argument('--timeout', type=float, default=30.0, help='seconds to connect and per read (default 30)')
-    p.add_argument('--retries', type=int, default=3, help='retries after a 5xx answer or a timeout (default 3)')
-    p.add_argument('--quiet', action='store_true', help='no progress bar')
+    add_options(p, CorpusConfig, flags={'out_dir': '--out', 'progress': '--quiet'}, out_dir=dict(required=True),
+                files=dict(nargs='+', metavar='FILE'))
 
 # %% ../nbs/01_corpus.ipynb #3c092f55
 WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")  # letters, with apostrophes inside: o'er, thou'rt

@@ -4,22 +4,23 @@
 
 # %% ../nbs/08_export.ipynb #1f546d54
 from __future__ import annotations
-import argparse, json, os, time
+import json, os, time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .core import MinillmError, ExitCode, add_command, atomic_write, ensure_writable_dir
-from .model import MiniLLM, ModelConfig, count_params, save_model
+from .core import MinillmError, ExitCode, add_command, add_options, atomic_write, config_from_args, ensure_writable_dir
+from .model import MiniLLM, ModelConfig, count_params
+from .checkpoint import find_checkpoint, load, save_model, size_problem
 from .tokenizer import Tokenizer
-from .generation import find_checkpoint, load
 
 # %% auto #0
 __all__ = ['DTYPES', 'GGUF_NAMES', 'hf_state_dict', 'minillm_state_dict', 'hf_config', 'special_ids', 'rope_permute',
            'proto_field', 'spm_model_type', 'hf_tokenizer_files', 'generation_config', 'gguf_vocab', 'prepare_out',
            'export_hf', 'gguf_name', 'gguf_tensors', 'gguf_metadata', 'gguf_tokenizer', 'export_gguf', 'unsupported',
-           'hf_model_config', 'read_hf_tensors', 'import_hf', 'add_cli']
+           'hf_model_config', 'read_hf_tensors', 'import_hf', 'ExportConfig', 'ImportConfig', 'add_cli']
 
 # %% ../nbs/08_export.ipynb #7c95450b
 def hf_state_dict(model: MiniLLM) -> dict[str, torch.Tensor]:
@@ -279,33 +280,6 @@ def read_hf_tensors(d: Path) -> dict[str, torch.Tensor]:
     for f in files: tensors.update(load_file(str(d / f)))
     return tensors
 
-def _mem_bytes() -> int:
-    "Physical memory of this machine in bytes (a large number where the system does not say)."
-    try: return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-    except (ValueError, OSError, AttributeError): return 1 << 50
-
-# %% ../nbs/08_export.ipynb #cf1df7ff
-def _import_error(d: Path, why: str, code=ExitCode.USAGE) -> MinillmError:
-    return MinillmError(f'cannot import {d}: {why}', code)
-
-def import_hf(hf_dir, out_dir, force: bool = False) -> Path:
-    "Turn a transformers Llama folder (safetensors, SentencePiece tokenizer.model) into a minillm checkpoint."
-    d = Path(hf_dir)
-    try: cfg = json.loads((d / 'config.json').read_text())
-    except (OSError, ValueError) as e:
-        raise _import_error(d, f'no readable config.json ({type(e).__name__}); point at a folder written by save_pretrained', ExitCode.GENERATION) from None
-    if why := unsupported(cfg): raise _import_error(d, f'{why}; minillm represents plain Llama models only')
-    try: config = hf_model_config(cfg)
-    except (KeyError, ValueError, TypeError) as e: raise _import_error(d, f'config.json: {e}', ExitCode.GENERATION) from None
-    if not (d / 'tokenizer.model').is_file(): raise _import_error(d, 'it has no SentencePiece tokenizer.model, the only kind minillm runs')
-    tok = Tokenizer.load(d / 'tokenizer.model', exit_code=ExitCode.GENERATION)
-    if tok.vocab_size != config.vocab_size:
-        raise _import_error(d, f'tokenizer.model has {tok.vocab_size} pieces but the model {config.vocab_size} embeddings')
-    if 4 * count_params(config) > _mem_bytes() // 2:
-        raise _import_error(d, f'{count_params(config) / 1e9:.1f}B parameters need more than half of this machine\'s memory')
-    out = prepare_out(out_dir, d, force)
-    return _write_imported(d, out, config, tok)
-
 # %% ../nbs/08_export.ipynb #d63d9f8b
 def _write_imported(d: Path, out: Path, config: ModelConfig, tok: Tokenizer) -> Path:
     "Load the folder's tensors into a `MiniLLM` (every tensor must be used) and save it with the tokenizer in `out`."
@@ -325,37 +299,70 @@ def _write_imported(d: Path, out: Path, config: ModelConfig, tok: Tokenizer) -> 
     with atomic_write(out / 'tokenizer.model', 'wb') as f: f.write(tok.path.read_bytes())
     return out
 
+# %% ../nbs/08_export.ipynb #cf1df7ff
+def _import_error(d: Path, why: str, code=ExitCode.USAGE) -> MinillmError:
+    return MinillmError(f'cannot import {d}: {why}', code)
+
+def import_hf(hf_dir, out_dir, force: bool = False) -> Path:
+    "Turn a transformers Llama folder (safetensors, SentencePiece tokenizer.model) into a minillm checkpoint."
+    d = Path(hf_dir)
+    try: cfg = json.loads((d / 'config.json').read_text())
+    except (OSError, ValueError) as e:
+        raise _import_error(d, f'no readable config.json ({type(e).__name__}); point at a folder written by save_pretrained', ExitCode.GENERATION) from None
+    if why := unsupported(cfg): raise _import_error(d, f'{why}; minillm represents plain Llama models only')
+    try: config = hf_model_config(cfg)
+    except (KeyError, ValueError, TypeError) as e: raise _import_error(d, f'config.json: {e}', ExitCode.GENERATION) from None
+    if not (d / 'tokenizer.model').is_file(): raise _import_error(d, 'it has no SentencePiece tokenizer.model, the only kind minillm runs')
+    tok = Tokenizer.load(d / 'tokenizer.model', exit_code=ExitCode.GENERATION)
+    if tok.vocab_size != config.vocab_size:
+        raise _import_error(d, f'tokenizer.model has {tok.vocab_size} pieces but the model {config.vocab_size} embeddings')
+    if why := size_problem(config): raise _import_error(d, why)  # the rule load_model applies (section 4.1)
+    out = prepare_out(out_dir, d, force)
+    return _write_imported(d, out, config, tok)
+
+# %% ../nbs/08_export.ipynb #6e9b4fb6
+@dataclass
+class ExportConfig:
+    "One `minillm export` run; each field is a command-line option."
+    checkpoint_dir: str = ''   # a checkpoint, or a training output directory (its best checkpoint)
+    format: str = ''           # hf: a transformers Llama folder; gguf: one file for llama.cpp
+    out: str = ''              # the folder (hf) or the .gguf file (gguf) to write
+    dtype: str = 'float32'     # precision of the weight matrices
+    force: bool = False        # write into a non-empty folder or over an existing file
+
+@dataclass
+class ImportConfig:
+    "One `minillm import-hf` run; each field is a command-line option."
+    hf_dir: str = ''           # a folder written by save_pretrained or by `minillm export --format hf`
+    out_dir: str = ''          # the checkpoint folder to write
+    force: bool = False        # write into a non-empty folder
+
 # %% ../nbs/08_export.ipynb #8f166afe
 def _run_export(args) -> int:
-    t0 = time.perf_counter()
-    if args.format == 'hf': out = export_hf(args.checkpoint, args.out, args.dtype, args.force); weights = out / 'model.safetensors'
-    else: out = weights = export_gguf(args.checkpoint, args.out, args.dtype, args.force)
-    what = 'a Hugging Face Llama folder' if args.format == 'hf' else 'a GGUF file for llama.cpp'
-    print(f'exported {args.checkpoint} as {what} ({args.dtype}, weights {weights.stat().st_size / 1e6:.1f} MB) '
+    cfg, t0 = config_from_args(ExportConfig, args), time.perf_counter()
+    if cfg.format == 'hf': out = export_hf(cfg.checkpoint_dir, cfg.out, cfg.dtype, cfg.force); weights = out / 'model.safetensors'
+    else: out = weights = export_gguf(cfg.checkpoint_dir, cfg.out, cfg.dtype, cfg.force)
+    what = 'a Hugging Face Llama folder' if cfg.format == 'hf' else 'a GGUF file for llama.cpp'
+    print(f'exported {cfg.checkpoint_dir} as {what} ({cfg.dtype}, weights {weights.stat().st_size / 1e6:.1f} MB) '
           f'in {time.perf_counter() - t0:.1f} s -> {out}')
     return 0
 
 def _run_import(args) -> int:
-    t0 = time.perf_counter()
-    out = import_hf(args.hf_dir, args.out, args.force)
-    print(f'imported {args.hf_dir} as a minillm checkpoint in {time.perf_counter() - t0:.1f} s -> {out}')
+    cfg, t0 = config_from_args(ImportConfig, args), time.perf_counter()
+    out = import_hf(cfg.hf_dir, cfg.out_dir, cfg.force)
+    print(f'imported {cfg.hf_dir} as a minillm checkpoint in {time.perf_counter() - t0:.1f} s -> {out}')
     return 0
 
 # %% ../nbs/08_export.ipynb #51e67f67
 def add_cli(subparsers) -> None:
-    "Register `minillm export` and `minillm import-hf`."
+    "Register `minillm export` and `minillm import-hf`: an option per field of `ExportConfig` and `ImportConfig`."
     p = add_command(subparsers, 'export', _run_export,
                     'export a checkpoint for Hugging Face transformers (a folder) or llama.cpp (a GGUF file)',
                     ['minillm export --checkpoint runs/first --format gguf --out runs/first.gguf',
                      'minillm export --checkpoint runs/first --format hf --out runs/first-hf'])
-    p.add_argument('--checkpoint', required=True, help='a checkpoint, or a training output directory (its best checkpoint)')
-    p.add_argument('--format', required=True, choices=['hf', 'gguf'], help='hf: a transformers Llama folder; gguf: one file for llama.cpp')
-    p.add_argument('--out', required=True, help='the folder (hf) or the .gguf file (gguf) to write')
-    p.add_argument('--dtype', choices=DTYPES, default='float32', help='precision of the weight matrices (default float32)')
-    p.add_argument('--force', action='store_true', help='write into a non-empty folder or over an existing file')
+    add_options(p, ExportConfig, flags={'checkpoint_dir': '--checkpoint'}, checkpoint_dir=dict(required=True),
+                format=dict(required=True, choices=['hf', 'gguf']), out=dict(required=True), dtype=dict(choices=DTYPES))
     p = add_command(subparsers, 'import-hf', _run_import,
                     'turn a Hugging Face Llama folder (safetensors + tokenizer.model) into a minillm checkpoint',
                     ['minillm import-hf runs/first-hf --out runs/back'])
-    p.add_argument('hf_dir', help='a folder written by save_pretrained or by `minillm export --format hf`')
-    p.add_argument('--out', required=True, help='the checkpoint folder to write')
-    p.add_argument('--force', action='store_true', help='write into a non-empty folder')
+    add_options(p, ImportConfig, flags={'hf_dir': 'hf_dir', 'out_dir': '--out'}, out_dir=dict(required=True))

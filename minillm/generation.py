@@ -4,8 +4,8 @@
 
 # %% ../nbs/05_generation.ipynb #517d45e3
 from __future__ import annotations
-import argparse, json, math, re, sys, time, warnings
-from collections import Counter
+import json, math, re, sys, time, warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -13,43 +13,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import MinillmError, ExitCode, add_command, atomic_write
-from .model import MiniLLM, load_model
+from .core import MinillmError, ExitCode, add_command, add_options, atomic_write, config_from_args
+from .model import MiniLLM
+from .checkpoint import find_checkpoint, load
 from .tokenizer import Tokenizer, check_shards, read_meta, load_shard
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FILES', 'WORD', 'VALIDATE_PROMPTS', 'find_checkpoint', 'load', 'check_sampling', 'filter_logits',
-           'penalize_repeats', 'pick_next', 'next_tokens', 'StreamDecoder', 'StopScanner', 'stream', 'generate',
-           'token_nll', 'unigram_bits', 'words_of', 'distinct_bigrams', 'reference_bigrams', 'validation_inputs',
-           'corpus_words', 'score_split', 'validate', 'check_report', 'evaluate', 'add_cli']
-
-# %% ../nbs/05_generation.ipynb #853f1c59
-CHECKPOINT_FILES = ('model.safetensors', 'config.json', 'tokenizer.model')
-
-def find_checkpoint(checkpoint_dir) -> Path:
-    "The checkpoint directory in `checkpoint_dir`: itself, or a training run's `checkpoints/best`, else `checkpoints/last`."
-    d = Path(checkpoint_dir)
-    if not d.is_dir():
-        raise MinillmError(f'checkpoint {d} not found: no such directory; point --checkpoint at a training output '
-                           f'directory or one of its checkpoints/best, checkpoints/last', ExitCode.GENERATION)
-    for sub in ('checkpoints/best', 'checkpoints/last'):
-        if not (d / 'config.json').exists() and (d / sub).is_dir(): return d / sub
-    for name in CHECKPOINT_FILES:
-        if not (d / name).is_file():
-            raise MinillmError(f'checkpoint {d} is incomplete: {d / name} is missing; use a directory written '
-                               f'by `minillm train`', ExitCode.GENERATION)
-    return d
-
-# %% ../nbs/05_generation.ipynb #34abcd81
-def load(checkpoint_dir, device='cpu') -> tuple[MiniLLM, Tokenizer]:
-    "The model (in eval mode, on `device`) and the tokenizer of a checkpoint or a training output directory."
-    d = find_checkpoint(checkpoint_dir)
-    model = load_model(d, device)  # a corrupt file is a one-line error with exit code 6
-    tok = Tokenizer.load(d / 'tokenizer.model', exit_code=ExitCode.GENERATION)
-    if tok.vocab_size != model.config.vocab_size:
-        raise MinillmError(f'checkpoint {d}: tokenizer.model has {tok.vocab_size} tokens but the model expects '
-                           f'{model.config.vocab_size}; copy the tokenizer the model was trained with', ExitCode.GENERATION)
-    return model, tok
+__all__ = ['WORD', 'VALIDATE_PROMPTS', 'check_sampling', 'filter_logits', 'penalize_repeats', 'pick_next', 'next_tokens',
+           'StreamDecoder', 'StopScanner', 'stream', 'generate', 'token_nll', 'unigram_bits', 'words_of',
+           'distinct_bigrams', 'reference_bigrams', 'validation_inputs', 'corpus_words', 'score_split',
+           'CheckpointOptions', 'ValidateConfig', 'validate', 'check_report', 'evaluate', 'GenerateConfig',
+           'EvaluateConfig', 'add_cli']
 
 # %% ../nbs/05_generation.ipynb #90bf3c7b
 def check_sampling(temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
@@ -159,6 +133,23 @@ def _prompt_ids(tok: Tokenizer, prompt: str, block_size: int) -> list[int]:
         ids = ids[-block_size:]
     return ids
 
+# %% ../nbs/05_generation.ipynb #aca17c13
+def _stream_batch(model, tok, rows, prompt_ids, pick, max_new_tokens, stops, stop_at_eos, use_cache, token_ids, device):
+    "Generate for prompts of equal length; yield (row, piece) until every row is done."
+    decoders = [StreamDecoder(tok, p) for p in prompt_ids]
+    scanners, done = [StopScanner(stops) for _ in rows], [False] * len(rows)
+    ids = torch.tensor(prompt_ids, device=device)                      # (B, T)
+    for nxt in next_tokens(model, ids, pick, max_new_tokens, use_cache):
+        for b, t in enumerate(nxt.tolist()):
+            if done[b]: continue
+            if stop_at_eos and t == tok.eos_id: done[b] = True; continue
+            if token_ids is not None: token_ids[rows[b]].append(t)
+            if piece := scanners[b].feed(decoders[b].push(t)): yield rows[b], piece
+            done[b] = scanners[b].stopped
+        if all(done): break
+    for b in range(len(rows)):
+        if not done[b] and (piece := scanners[b].feed(decoders[b].flush()) + scanners[b].flush()): yield rows[b], piece
+
 # %% ../nbs/05_generation.ipynb #a811c38c
 def stream(model: MiniLLM, tokenizer: Tokenizer, prompts: str | list[str], max_new_tokens: int = 100,
            temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0, repetition_penalty: float = 1.0,
@@ -177,23 +168,6 @@ def stream(model: MiniLLM, tokenizer: Tokenizer, prompts: str | list[str], max_n
         rows = [r for r, i in enumerate(ids_of) if len(i) == n]
         yield from _stream_batch(model, tokenizer, rows, [ids_of[r] for r in rows], pick, max_new_tokens,
                                  stops, stop_at_eos, use_cache, token_ids, device)
-
-# %% ../nbs/05_generation.ipynb #aca17c13
-def _stream_batch(model, tok, rows, prompt_ids, pick, max_new_tokens, stops, stop_at_eos, use_cache, token_ids, device):
-    "Generate for prompts of equal length; yield (row, piece) until every row is done."
-    decoders = [StreamDecoder(tok, p) for p in prompt_ids]
-    scanners, done = [StopScanner(stops) for _ in rows], [False] * len(rows)
-    ids = torch.tensor(prompt_ids, device=device)                      # (B, T)
-    for nxt in next_tokens(model, ids, pick, max_new_tokens, use_cache):
-        for b, t in enumerate(nxt.tolist()):
-            if done[b]: continue
-            if stop_at_eos and t == tok.eos_id: done[b] = True; continue
-            if token_ids is not None: token_ids[rows[b]].append(t)
-            if piece := scanners[b].feed(decoders[b].push(t)): yield rows[b], piece
-            done[b] = scanners[b].stopped
-        if all(done): break
-    for b in range(len(rows)):
-        if not done[b] and (piece := scanners[b].feed(decoders[b].flush()) + scanners[b].flush()): yield rows[b], piece
 
 # %% ../nbs/05_generation.ipynb #86a54956
 def generate(model: MiniLLM, tokenizer: Tokenizer, prompt: str | list[str], max_new_tokens: int = 100,
@@ -287,38 +261,64 @@ def score_split(model: MiniLLM, tok: Tokenizer, data_dir: Path, max_tokens: int 
     return dict(val_tokens_scored=len(ids) - 1, val_bytes_scored=n_bytes,
                 val_bpb=round(float(model_bits / n_bytes), 4), unigram_bpb=round(float(base_bits / n_bytes), 4))
 
+# %% ../nbs/05_generation.ipynb #65baf3c2
+@dataclass
+class CheckpointOptions:
+    "What every command that reads a checkpoint is told: which one, and where to run it."
+    checkpoint_dir: str = ''   # a checkpoint directory or a training output directory
+    device: str = 'cpu'        # cpu, cuda or mps
+
+@dataclass
+class ValidateConfig(CheckpointOptions):
+    "One validation: the checkpoint, the data to score it on, and the thresholds it must meet."
+    data_dir: str | None = None        # token shards (default: the checkpoint's train_config.json data_dir)
+    corpus_dir: str | None = None      # cleaned corpus for the word list (default: the shards' meta.json corpus_dir)
+    report_path: str | None = None     # write the JSON report here
+    max_bpb_ratio: float = 0.85        # val bits per byte must be <= this x the unigram baseline
+    min_word_fraction: float = 0.8     # generated words found in the corpus, at least
+    min_distinct_bigrams: float = 0.5  # distinct word bigrams / all in the samples, at least this x the same ratio of validation text in chunks of the same word counts
+    n_samples: int = 6                 # texts to sample
+    sample_tokens: int = 80            # tokens per sample
+    seed: int = 0                      # sampling seed
+    temperature: float = 0.8           # sampling temperature of the samples
+    top_k: int | None = 50             # the samples draw from the k most likely tokens
+    max_tokens: int = 20_000           # validation tokens scored at most; 0: all of them
+
+# %% ../nbs/05_generation.ipynb #06779712
+def _write_json(obj, path) -> None:
+    "Write `obj` as JSON to `path`, atomically, making its folder."
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as f: json.dump(obj, f, indent=1)
+
 # %% ../nbs/05_generation.ipynb #39ac87e7
-def validate(checkpoint_dir, data_dir=None, corpus_dir=None, max_bpb_ratio: float = 0.85, min_word_fraction: float = 0.8,
-             min_distinct_bigrams: float = 0.5, n_samples: int = 6, sample_tokens: int = 80, temperature: float = 0.8,
-             top_k: int | None = 50, seed: int = 0, max_tokens: int = 20_000, device='cpu', report_path=None) -> dict:
-    "Check that a checkpoint learned real text (bits per byte, real words, no loops); the report says each measure."
-    ck = find_checkpoint(checkpoint_dir)
-    model, tok = load(ck, device)
-    data, corpus = validation_inputs(ck, data_dir, corpus_dir)
+def validate(checkpoint_dir, **options) -> dict:
+    "Check that a checkpoint learned real text (bits per byte, real words, no loops); `options` are `ValidateConfig` fields."
+    cfg = ValidateConfig(checkpoint_dir=str(checkpoint_dir), **options)
+    ck = find_checkpoint(cfg.checkpoint_dir)
+    model, tok = load(ck, cfg.device)
+    data, corpus = validation_inputs(ck, cfg.data_dir, cfg.corpus_dir)
     check_shards(data, ck / 'tokenizer.model', ExitCode.USAGE)        # complete, and encoded with this model's tokenizer
-    scores = score_split(model, tok, data, max_tokens)
-    prompts = (VALIDATE_PROMPTS * n_samples)[:n_samples]
-    samples = generate(model, tok, prompts, sample_tokens, temperature=temperature, top_k=top_k, seed=seed)
+    scores = score_split(model, tok, data, cfg.max_tokens)
+    prompts = (VALIDATE_PROMPTS * cfg.n_samples)[:cfg.n_samples]
+    samples = generate(model, tok, prompts, cfg.sample_tokens, temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed)
     vocab, source = corpus_words(tok, data, corpus)
     words = [w for s in samples for w in words_of(s)]
     found = sum(w in vocab for w in words) / len(words) if words else 0.0
     val = load_shard(data, 'val')                                     # real text cut like the samples
-    val_text = tok.decode(np.asarray(val[:max_tokens + 1] if max_tokens else val, dtype=np.int64).tolist())
+    val_text = tok.decode(np.asarray(val[:cfg.max_tokens + 1] if cfg.max_tokens else val, dtype=np.int64).tolist())
     ref = reference_bigrams(val_text, [len(words_of(s)) for s in samples])
-    checks = {'bits_per_byte': dict(value=scores['val_bpb'], threshold=round(max_bpb_ratio * scores['unigram_bpb'], 4),
-                                    rule=f'val bits per byte <= {max_bpb_ratio} x unigram baseline {scores["unigram_bpb"]}'),
-              'real_words': dict(value=round(found, 4), threshold=min_word_fraction, rule='fraction of generated words in the corpus word list >= threshold'),
-              'distinct_bigrams': dict(value=round(distinct_bigrams(samples), 4), threshold=round(min_distinct_bigrams * ref, 4),
+    checks = {'bits_per_byte': dict(value=scores['val_bpb'], threshold=round(cfg.max_bpb_ratio * scores['unigram_bpb'], 4),
+                                    rule=f'val bits per byte <= {cfg.max_bpb_ratio} x unigram baseline {scores["unigram_bpb"]}'),
+              'real_words': dict(value=round(found, 4), threshold=cfg.min_word_fraction, rule='fraction of generated words in the corpus word list >= threshold'),
+              'distinct_bigrams': dict(value=round(distinct_bigrams(samples), 4), threshold=round(cfg.min_distinct_bigrams * ref, 4),
                                        reference=round(ref, 4), rule=f'distinct word bigrams / all word bigrams in the samples >= '
-                                       f'{min_distinct_bigrams} x the same ratio of validation text cut into chunks of the same word counts ({ref:.4f})')}
+                                       f'{cfg.min_distinct_bigrams} x the same ratio of validation text cut into chunks of the same word counts ({ref:.4f})')}
     for name, c in checks.items(): c['passed'] = bool(c['value'] <= c['threshold'] if name == 'bits_per_byte' else c['value'] >= c['threshold'])
     checks['distinct_bigrams']['passed'] &= checks['distinct_bigrams']['value'] > 0   # no word pairs at all is no text
     report = dict(passed=all(c['passed'] for c in checks.values()), failed=[n for n, c in checks.items() if not c['passed']],
                   checkpoint=str(ck), data_dir=str(data), word_list=source, words_generated=len(words), **scores,
                   checks=checks, samples=[dict(prompt=p, text=s) for p, s in zip(prompts, samples)])
-    if report_path:
-        Path(report_path).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(report_path) as f: json.dump(report, f, indent=1)
+    if cfg.report_path: _write_json(report, cfg.report_path)
     return report
 
 # %% ../nbs/05_generation.ipynb #48bcc60a
@@ -345,24 +345,26 @@ def evaluate(checkpoint_dir, text_file, stride: int | None = None, device='cpu')
                 bits_per_byte=round(nats / math.log(2) / len(text.encode()), 4), bits_per_char=round(nats / math.log(2) / len(text), 4))
 
 # %% ../nbs/05_generation.ipynb #e71dd574
-def _sampling_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument('--checkpoint', required=True, help='a checkpoint directory or a training output directory')
-    p.add_argument('--device', default='cpu', help='cpu, cuda, mps (default cpu)')
+@dataclass
+class GenerateConfig(CheckpointOptions):
+    "One `minillm generate` run: the checkpoint, the prompt, and how each next token is picked."
+    prompt: str | None = None          # text to continue (default: start a new document)
+    max_new_tokens: int = 100          # tokens to generate at most
+    temperature: float = 0.8           # 0 is greedy; higher is more random
+    top_k: int | None = None           # sample among the k most likely tokens only
+    top_p: float = 1.0                 # sample in the smallest set with this much probability; 1.0 turns it off
+    repetition_penalty: float = 1.0    # > 1 makes tokens already seen less likely; 1.0 turns it off
+    stop: list[str] | None = None      # stop at this text (repeatable); the end-of-text token always stops
+    seed: int | None = None            # seed for reproducible sampling
+    interactive: bool = False          # read prompts from stdin until an empty line or Ctrl+D
+    json: bool = False                 # print text, token ids and tokens per second as JSON
 
-def _run_generate(args) -> int:
-    check_sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.max_new_tokens)
-    model, tok = load(args.checkpoint, args.device)
-    opts = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed)
-    prompts = [args.prompt] if args.prompt is not None else []
-    while True:
-        if args.interactive:
-            try: line = input('> ' if sys.stdin.isatty() else '')
-            except EOFError: line = ''
-            if not line: return 0
-            prompts = [line]
-        for prompt in prompts: _write_one(model, tok, prompt, opts, args.json)
-        if not args.interactive: return 0
+@dataclass
+class EvaluateConfig(CheckpointOptions):
+    "One `minillm evaluate` run: the checkpoint and the text it scores."
+    text_file: str = ''                # a UTF-8 text file
+    stride: int | None = None          # tokens between windows (default: half the context)
+    json: bool = False                 # print the result as JSON
 
 # %% ../nbs/05_generation.ipynb #a9142463
 def _write_one(model, tok, prompt: str, opts: dict, as_json: bool) -> None:
@@ -376,60 +378,52 @@ def _write_one(model, tok, prompt: str, opts: dict, as_json: bool) -> None:
                                       seconds=round(dt, 4), tokens_per_s=round(len(ids[0]) / max(dt, 1e-9), 1))))
     else: print(flush=True)
 
+# %% ../nbs/05_generation.ipynb #1c92c81a
+def _run_generate(args) -> int:
+    cfg = config_from_args(GenerateConfig, args)
+    check_sampling(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty, cfg.max_new_tokens)
+    model, tok = load(cfg.checkpoint_dir, cfg.device)
+    opts = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                repetition_penalty=cfg.repetition_penalty, stop=cfg.stop, seed=cfg.seed)
+    prompts = [cfg.prompt] if cfg.prompt is not None else []
+    while True:
+        if cfg.interactive:
+            try: line = input('> ' if sys.stdin.isatty() else '')
+            except EOFError: line = ''
+            if not line: return 0
+            prompts = [line]
+        for prompt in prompts: _write_one(model, tok, prompt, opts, cfg.json)
+        if not cfg.interactive: return 0
+
 # %% ../nbs/05_generation.ipynb #3b28e395
 def _run_validate(args) -> int:
-    report = validate(args.checkpoint, args.data, args.corpus, args.max_bpb_ratio, args.min_word_fraction,
-                      args.min_distinct_bigrams, args.samples, args.sample_tokens, seed=args.seed, device=args.device,
-                      report_path=args.report)
+    report = validate(**vars(config_from_args(ValidateConfig, args)))
     for name, c in report['checks'].items():
         print(f'{"pass" if c["passed"] else "FAIL"}  {name:<17} {c["value"]:<8} ({c["rule"]}; threshold {c["threshold"]})')
     check_report(report)
     return 0
 
 def _run_evaluate(args) -> int:
-    r = evaluate(args.checkpoint, args.text, args.stride, args.device)
-    print(json.dumps(r) if args.json else f'{r["file"]}: {r["tokens"]:,} tokens, perplexity {r["perplexity"]}, '
+    cfg = config_from_args(EvaluateConfig, args)
+    r = evaluate(cfg.checkpoint_dir, cfg.text_file, cfg.stride, cfg.device)
+    print(json.dumps(r) if cfg.json else f'{r["file"]}: {r["tokens"]:,} tokens, perplexity {r["perplexity"]}, '
           f'{r["bits_per_byte"]} bits/byte, {r["bits_per_char"]} bits/char (windows of {r["block_size"]}, stride {r["stride"]})')
     return 0
 
 # %% ../nbs/05_generation.ipynb #a08450f0
 def add_cli(subparsers) -> None:
-    "Register `minillm generate`, `minillm validate` and `minillm evaluate`."
+    "Register `minillm generate`, `validate` and `evaluate`: an option per field of their configs."
+    ck = dict(checkpoint_dir=dict(required=True))
     p = add_command(subparsers, 'generate', _run_generate, 'write text with a trained checkpoint (streams to stdout)',
                     ['minillm generate --checkpoint runs/first --prompt "It was a dark night" --max-new-tokens 60 --temperature 0.8 --top-p 0.9 --seed 1',
                      'minillm generate --checkpoint runs/first --interactive'])
-    _sampling_options(p)
-    p.add_argument('--prompt', default=None, help='text to continue (default: start a new document)')
-    p.add_argument('--max-new-tokens', type=int, default=100, help='tokens to generate at most (default 100)')
-    p.add_argument('--temperature', type=float, default=0.8, help='0 is greedy; higher is more random (default 0.8)')
-    p.add_argument('--top-k', type=int, default=None, help='sample among the k most likely tokens only')
-    p.add_argument('--top-p', type=float, default=1.0, help='sample in the smallest set with this much probability (default 1.0: off)')
-    p.add_argument('--repetition-penalty', type=float, default=1.0, help='> 1 makes tokens already seen less likely (default 1.0: off)')
-    p.add_argument('--stop', action='append', default=None, help='stop at this text (repeatable); the end-of-text token always stops')
-    p.add_argument('--seed', type=int, default=None, help='seed for reproducible sampling')
-    p.add_argument('--interactive', action='store_true', help='read prompts from stdin until an empty line or Ctrl+D')
-    p.add_argument('--json', action='store_true', help='print text, token ids and tokens per second as JSON')
-    _add_validate_cli(subparsers); _add_evaluate_cli(subparsers)
-
-# %% ../nbs/05_generation.ipynb #b11e2a41
-def _add_validate_cli(subparsers) -> None:
+    add_options(p, GenerateConfig, flags={'checkpoint_dir': '--checkpoint'}, stop=dict(action='append'), **ck)
     p = add_command(subparsers, 'validate', _run_validate, 'check that a checkpoint learned real text (exit code 5 if not)',
                     ['minillm validate --checkpoint runs/first --report runs/first/validation.json'])
-    _sampling_options(p)
-    p.add_argument('--data', default=None, help="token shards (default: the checkpoint's train_config.json data_dir)")
-    p.add_argument('--corpus', default=None, help="cleaned corpus for the word list (default: the shards' meta.json corpus_dir)")
-    p.add_argument('--report', default=None, help='write the JSON report here')
-    p.add_argument('--max-bpb-ratio', type=float, default=0.85, help='val bits per byte must be <= this x the unigram baseline (default 0.85)')
-    p.add_argument('--min-word-fraction', type=float, default=0.8, help='generated words found in the corpus, at least (default 0.8)')
-    p.add_argument('--min-distinct-bigrams', type=float, default=0.5, help='distinct word bigrams / all in the samples, at least this x the same ratio of validation text in chunks of the same word counts (default 0.5)')
-    p.add_argument('--samples', type=int, default=6, help='texts to sample (default 6)')
-    p.add_argument('--sample-tokens', type=int, default=80, help='tokens per sample (default 80)')
-    p.add_argument('--seed', type=int, default=0, help='sampling seed (default 0)')
-
-def _add_evaluate_cli(subparsers) -> None:
+    add_options(p, ValidateConfig, skip=['temperature', 'top_k', 'max_tokens'], **ck,  # fixed: part of the check
+                flags={'checkpoint_dir': '--checkpoint', 'data_dir': '--data', 'corpus_dir': '--corpus',
+                       'report_path': '--report', 'n_samples': '--samples'})
     p = add_command(subparsers, 'evaluate', _run_evaluate, 'perplexity and bits per byte of a text file, every token scored once',
                     ['minillm evaluate --checkpoint runs/first --text book.txt'])
-    _sampling_options(p)
-    p.add_argument('--text', required=True, help='a UTF-8 text file')
-    p.add_argument('--stride', type=int, default=None, help='tokens between windows (default half the context)')
-    p.add_argument('--json', action='store_true', help='print the result as JSON')
+    add_options(p, EvaluateConfig, flags={'checkpoint_dir': '--checkpoint', 'text_file': '--text'},
+                text_file=dict(required=True), **ck)

@@ -4,19 +4,16 @@
 
 # %% ../nbs/03_model.ipynb #7cfb7960
 from __future__ import annotations
-import json, math
+import math
 from dataclasses import dataclass, asdict, fields
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import MinillmError, ExitCode, atomic_write
-
 # %% auto #0
 __all__ = ['MODEL_PRESETS', 'ModelConfig', 'RMSNorm', 'rope_tables', 'apply_rope', 'KVCache', 'causal_mask', 'Attention',
-           'SwiGLU', 'Block', 'MiniLLM', 'head_loss', 'count_params', 'flops_per_token', 'save_model', 'load_model']
+           'SwiGLU', 'Block', 'MiniLLM', 'head_loss', 'count_params', 'flops_per_token']
 
 # %% ../nbs/03_model.ipynb #798de844
 @dataclass
@@ -64,6 +61,8 @@ MODEL_PRESETS = {
     'small':   dict(block_size=256, n_layer=6, n_head=6, n_kv_head=6, n_embd=192),
     # for an accelerator: grouped-query attention with 2 query heads per key/value head
     'medium':  dict(block_size=512, n_layer=8, n_head=8, n_kv_head=4, n_embd=512),
+    # the smallest that still learns: for tests, and for pages that train while they are read
+    'tiny':    dict(block_size=64, n_layer=2, n_head=2, n_kv_head=2, n_embd=64),
 }
 
 # %% ../nbs/03_model.ipynb #793f6498
@@ -241,33 +240,3 @@ def flops_per_token(config: ModelConfig, seq_len: int | None = None, training: b
     attention = 2 * 2 * c.n_layer * T * c.n_head * c.head_dim  # q k^T and attention @ v over the T keys
     forward = 2 * matmul_params + attention
     return 3 * forward if training else forward
-
-# %% ../nbs/03_model.ipynb #ea0ed0a3
-def save_model(model: MiniLLM, dir) -> Path:
-    "Write `dir/model.safetensors` (weights) and `dir/config.json` (the config); return `dir`."
-    from safetensors.torch import save
-    d = Path(dir); d.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_write(d / 'model.safetensors', 'wb', encoding=None) as f: f.write(save(weights, metadata={'format': 'pt'}))
-    with atomic_write(d / 'config.json') as f: json.dump(model.config.to_dict(), f, indent=1)
-    return d
-
-# %% ../nbs/03_model.ipynb #c2077a59
-def load_model(dir, device='cpu') -> MiniLLM:
-    "Rebuild a `MiniLLM` from `dir/config.json` and load `dir/model.safetensors` (no pickle involved)."
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-    d = Path(dir)
-    for name in ('config.json', 'model.safetensors'):
-        if not (d / name).is_file():
-            raise MinillmError(f'loading model: {d / name} not found; point at a directory written by save_model', ExitCode.GENERATION)
-    try: config = ModelConfig.from_dict(json.loads((d / 'config.json').read_text()))
-    except (ValueError, TypeError, OSError) as e:
-        raise MinillmError(f'loading model from {d}: config.json is not a model configuration ({str(e).splitlines()[0][:160]}); '
-                           f'use a directory written by save_model', ExitCode.GENERATION) from None
-    try:
-        model = MiniLLM(config)
-        model.load_state_dict(load_file(str(d / 'model.safetensors'), device='cpu'))
-    except (ValueError, RuntimeError, TypeError, OSError, SafetensorError) as e:
-        raise MinillmError(f'loading model from {d}: {str(e).splitlines()[0]}; re-save it with save_model', ExitCode.GENERATION) from e
-    return model.to(device).eval()

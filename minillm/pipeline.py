@@ -4,22 +4,23 @@
 
 # %% ../nbs/06_pipeline.ipynb #a080baa7
 from __future__ import annotations
-import argparse, contextlib, datetime as dt, hashlib, importlib, importlib.util, json, os, platform, shlex, shutil
+import argparse, contextlib, datetime as dt, hashlib, importlib, importlib.util, json, os, platform, shlex
 import signal, subprocess, sys, tempfile, threading, time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import minillm
-from .core import (ExitCode, MinillmError, add_command, atomic_write, ensure_free_disk, parse_duration,
+from .core import (ExitCode, MinillmError, add_command, add_options, config_from_args, atomic_write, ensure_free_disk, parse_duration,
                           ensure_writable_dir, run_lock, sha256_file)
+from .checkpoint import check_start_flags, has_checkpoints
 from .corpus import check_mirror, parse_books
 
 # %% auto #0
 __all__ = ['PHASES', 'REQUIRED_PACKAGES', 'KERNEL_NAME', 'PipelineConfig', 'Phase', 'training_budget', 'phase_parameters',
-           'find_notebooks', 'check_packages', 'install_kernel', 'check_kernel', 'check_prerequisites', 'run_notebook',
-           'make_notebook', 'has_checkpoints', 'resolve_resume', 'phase_fingerprint', 'corpus_intact',
-           'outputs_present', 'versions', 'git_commit', 'samples_of', 'write_report', 'report_markdown',
-           'check_outputs', 'forward_interrupts', 'resume_command', 'run_pipeline', 'make_standin_notebooks', 'add_cli']
+           'find_notebooks', 'check_packages', 'install_kernel', 'check_kernel', 'check_prerequisites', 'make_notebook',
+           'run_notebook', 'resolve_resume', 'phase_fingerprint', 'corpus_intact', 'outputs_present', 'versions',
+           'git_commit', 'samples_of', 'report_markdown', 'write_report', 'check_outputs', 'forward_interrupts',
+           'resume_command', 'make_standin_notebooks', 'run_pipeline', 'add_cli']
 
 # %% ../nbs/06_pipeline.ipynb #3699c4ff
 @dataclass
@@ -29,16 +30,16 @@ class PipelineConfig:
     epochs: int = 20                # passes over the training tokens
     batch_size: int = 32            # sequences per optimizer step
     learning_rate: float = 3e-4     # peak learning rate of AdamW
-    model: str = 'default'          # model shape: a name in minillm.model.MODEL_PRESETS
+    model: str = 'default'          # model shape, a preset of chapter 3: nano, default, small, medium or tiny
     vocab_size: int = 4096          # tokens the tokenizer learns
     books: str = ''                 # comma-separated Project Gutenberg numbers; '' is the bundled corpus (offline)
     mirror: str = ''                # Project Gutenberg mirror or local server for --books
-    skip_corpus: bool = False       # reuse RUN/corpus from an earlier run instead of building it
-    resume: bool = False            # continue training from RUN/train/checkpoints/last without asking
+    skip_corpus: bool = False       # reuse RUN/corpus from an earlier run
+    resume: bool = False            # continue training from existing checkpoints without asking
     force_restart: bool = False     # start training over, replacing existing checkpoints, without asking
     device: str = 'auto'            # cpu, cuda, mps or auto
-    max_time: str = '4m'            # training's wall-clock budget (20 epochs take ~40 min on 2 cores); none: no limit
-    min_free_disk: float = 2.0      # GB that must be free in the run directory before starting
+    max_time: str = '4m'            # training's wall-clock budget, then it saves and validation runs; 20 epochs of the bundled corpus take about 40 minutes on 2 CPU cores; 'none' trains every epoch
+    min_free_disk: float = 2.0      # GB that must be free in the run directory
     notebooks: str = ''             # folder with the chapter notebooks; '' finds the installed ones
     validation: dict = field(default_factory=dict)  # extra parameters for 05_generation.ipynb (thresholds)
 
@@ -121,7 +122,7 @@ def check_kernel() -> str:
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
     try:
         install_kernel()
-        spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+        KernelSpecManager().get_kernel_spec(KERNEL_NAME)  # raises NoSuchKernel if it cannot be found
     except (OSError, ImportError, NoSuchKernel) as e:
         raise MinillmError(f'no Jupyter kernel for the notebooks ({e}); install one with '
                            f'`{sys.executable} -m ipykernel install --user`', ExitCode.USAGE) from None
@@ -138,6 +139,17 @@ def check_prerequisites(cfg: PipelineConfig) -> Path:
     ensure_free_disk(run, int(cfg.min_free_disk * 1e9), 'the pipeline (change the need with --min-free-disk)')
     check_kernel()
     return find_notebooks(cfg.notebooks)
+
+# %% ../nbs/06_pipeline.ipynb #63026920
+def make_notebook(path, parameters: str, body: str) -> Path:
+    "Write a two-cell notebook: a cell tagged `parameters` and a body cell (for demos and tests)."
+    import nbformat
+    nb = nbformat.v4.new_notebook(metadata={'kernelspec': {'name': 'python3', 'display_name': 'Python 3',
+                                                           'language': 'python'}})
+    nb.cells = [nbformat.v4.new_code_cell(parameters, metadata={'tags': ['parameters']}),
+                nbformat.v4.new_code_cell(body)]
+    nbformat.write(nb, str(path))
+    return Path(path)
 
 # %% ../nbs/06_pipeline.ipynb #8739efe9
 def run_notebook(src, dest, parameters: dict, exit_code: int, cwd=None, quiet: bool = False) -> Path:
@@ -164,30 +176,13 @@ def run_notebook(src, dest, parameters: dict, exit_code: int, cwd=None, quiet: b
                            f'see {dest}', exit_code) from None
     return Path(dest)
 
-# %% ../nbs/06_pipeline.ipynb #63026920
-def make_notebook(path, parameters: str, body: str) -> Path:
-    "Write a two-cell notebook: a cell tagged `parameters` and a body cell (for demos and tests)."
-    import nbformat
-    nb = nbformat.v4.new_notebook(metadata={'kernelspec': {'name': 'python3', 'display_name': 'Python 3',
-                                                           'language': 'python'}})
-    nb.cells = [nbformat.v4.new_code_cell(parameters, metadata={'tags': ['parameters']}),
-                nbformat.v4.new_code_cell(body)]
-    nbformat.write(nb, str(path))
-    return Path(path)
-
 # %% ../nbs/06_pipeline.ipynb #e6183d84
-def has_checkpoints(run_dir) -> bool:
-    "True if `run_dir` holds a training checkpoint."
-    ck = Path(run_dir)/'train'/'checkpoints'
-    return (ck/'last').exists() or (ck/'best').exists()  # what the training chapter checks
-
 def _interactive() -> bool: return sys.stdin.isatty() and sys.stdout.isatty()
 
 def resolve_resume(cfg: PipelineConfig, ask=None, isatty=None) -> PipelineConfig:
     "Decide `resume`/`force_restart` for a run directory that may hold checkpoints, asking on a terminal."
-    if cfg.resume and cfg.force_restart:
-        raise MinillmError('--resume and --force-restart contradict each other; pass one of them', ExitCode.USAGE)
-    if cfg.resume or cfg.force_restart or not has_checkpoints(cfg.run_dir): return cfg
+    check_start_flags(cfg.resume, cfg.force_restart)
+    if cfg.resume or cfg.force_restart or not has_checkpoints(Path(cfg.run_dir)/'train'): return cfg
     ck = Path(cfg.run_dir)/'train'/'checkpoints'
     if not (isatty or _interactive)():
         raise MinillmError(f'found existing checkpoints in {ck} and no terminal to ask; pass --resume to '
@@ -260,18 +255,6 @@ def samples_of(validation: dict) -> list[str]:
             out.append(text if text.startswith(s.get('prompt') or '') else (s.get('prompt') or '') + text)
     return out
 
-# %% ../nbs/06_pipeline.ipynb #29a0e984
-def write_report(cfg: PipelineConfig, durations: dict, skipped: list) -> Path:
-    "Write `RUN/summary.json` and `RUN/report.md`; return the report's path."
-    run = Path(cfg.run_dir)
-    train, val = _read_json(run/'train'/'summary.json'), _read_json(run/'validation.json')
-    summary = dict(config=asdict(cfg), versions=versions(), git_commit=git_commit(),
-                   finished=dt.datetime.now().isoformat(timespec='seconds'), phase_seconds=durations,
-                   skipped_phases=skipped, training=train, validation=val)
-    with atomic_write(run/'summary.json') as f: json.dump(summary, f, indent=2, default=str)
-    with atomic_write(run/'report.md') as f: f.write(report_markdown(summary, run))
-    return run/'report.md'
-
 # %% ../nbs/06_pipeline.ipynb #c8e65072
 def _table(d: dict) -> str:
     rows = [f'| {k} | {v:.4g} |' if isinstance(v, float) else f'| {k} | {v} |'
@@ -291,11 +274,23 @@ def report_markdown(summary: dict, run: Path) -> str:
     parts.append('The executed notebooks are in `notebooks/`: open one to see exactly what ran.\n')
     return '\n'.join(parts)
 
+# %% ../nbs/06_pipeline.ipynb #29a0e984
+def write_report(cfg: PipelineConfig, durations: dict, skipped: list) -> Path:
+    "Write `RUN/summary.json` and `RUN/report.md`; return the report's path."
+    run = Path(cfg.run_dir)
+    train, val = _read_json(run/'train'/'summary.json'), _read_json(run/'validation.json')
+    summary = dict(config=asdict(cfg), versions=versions(), git_commit=git_commit(),
+                   finished=dt.datetime.now().isoformat(timespec='seconds'), phase_seconds=durations,
+                   skipped_phases=skipped, training=train, validation=val)
+    with atomic_write(run/'summary.json') as f: json.dump(summary, f, indent=2, default=str)
+    with atomic_write(run/'report.md') as f: f.write(report_markdown(summary, run))
+    return run/'report.md'
+
 # %% ../nbs/06_pipeline.ipynb #d075a505
 def check_outputs(phase: Phase, cfg: PipelineConfig, dest: Path) -> None:
     "Fail if a phase's notebook ran without error but did not leave what the next phase needs."
     run = Path(cfg.run_dir)
-    if phase.name == 'training' and not has_checkpoints(run):
+    if phase.name == 'training' and not has_checkpoints(run/'train'):
         raise MinillmError(f'training finished without a checkpoint in {run/"train"/"checkpoints"}; '
                            f'see {dest}', phase.exit_code)
     if phase.name == 'validation':
@@ -335,6 +330,7 @@ def _kernel_pids() -> list[int]:
         if int(fields_[1]) == os.getpid(): pids.append(int(stat.parent.name))
     return pids
 
+# %% ../nbs/06_pipeline.ipynb #b03ee057
 @contextlib.contextmanager
 def forward_interrupts(poll: float = 0.2):
     "Yield the list of stop signals received; the first is sent on to every kernel as SIGINT, the second interrupts here."
@@ -376,15 +372,27 @@ def _interrupted(cfg: PipelineConfig, when: str, dest=None) -> MinillmError:
     return MinillmError(f'interrupted {when}{nb}; finished phases and training checkpoints are kept: continue with '
                         f'`{resume_command(cfg)}`', ExitCode.INTERRUPTED)
 
-# %% ../nbs/06_pipeline.ipynb #23097dfe
-def run_pipeline(cfg: PipelineConfig, ask=None, isatty=None, quiet: bool = False) -> Path:
-    "Run every phase for `cfg`, holding the run directory's lock; return the path of the report."
-    nbs = check_prerequisites(cfg)
-    with run_lock(cfg.run_dir):  # a second pipeline into this directory is refused, never interleaved
-        resolve_resume(cfg, ask, isatty)
-        with forward_interrupts() as stops: durations, skipped = _run_phases(cfg, nbs, stops, quiet)
-        return write_report(cfg, durations, skipped)
+# %% ../nbs/06_pipeline.ipynb #52dda606
+def make_standin_notebooks(folder, fail: str = '') -> Path:
+    "Five tiny notebooks with the chapters' names and parameters that write stand-in artifacts (demos, tests)."
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    imports = 'import json, hashlib\nfrom pathlib import Path\nfrom minillm.core import MinillmError\n'
+    bodies = {'corpus': "o = Path(out_dir); o.mkdir(parents=True, exist_ok=True)\n(o/'corpus.txt').write_text('a b c')\n"
+                        "(o/'manifest.json').write_text(json.dumps({'sha256': hashlib.sha256(b'a b c').hexdigest()}))",
+              'tokenizer': "o = Path(out_dir); o.mkdir(parents=True, exist_ok=True)\n"
+                           "for f in ('meta.json', 'train.bin', 'val.bin'): (o/f).write_text('{}')",
+              'model': "print('model ok')",
+              'training': "c = Path(out_dir)/'checkpoints'/'last'; c.mkdir(parents=True, exist_ok=True)\n"
+                          "(c/'model.safetensors').write_bytes(b'')\n"
+                          "(Path(out_dir)/'summary.json').write_text(json.dumps({'val_loss': 3.2, 'epochs': epochs}))",
+              'validation': "Path(report_path).write_text(json.dumps({'passed': True, 'samples': ['To be or not']}))"}
+    for p in PHASES:
+        params = '\n'.join(f'{k} = {v!r}' for k, v in phase_parameters(p.name, PipelineConfig()).items())
+        fail_line = f"raise MinillmError('stand-in {p.name} failure; nothing to do', {int(p.exit_code)})\n" if fail == p.name else ''
+        make_notebook(folder/p.notebook, params, imports + fail_line + bodies[p.name])
+    return folder
 
+# %% ../nbs/06_pipeline.ipynb #7b725231
 def _run_phases(cfg: PipelineConfig, nbs: Path, stops: list, quiet: bool) -> tuple[dict, list]:
     run = Path(cfg.run_dir); (run/'notebooks').mkdir(exist_ok=True)
     state_path, durations, skipped = run/'pipeline_state.json', {}, []
@@ -409,42 +417,18 @@ def _run_phases(cfg: PipelineConfig, nbs: Path, stops: list, quiet: bool) -> tup
         print(f'=== {phase.name} done in {durations[phase.name]:.1f} s', flush=True)
     return durations, skipped
 
-# %% ../nbs/06_pipeline.ipynb #52dda606
-def make_standin_notebooks(folder, fail: str = '') -> Path:
-    "Five tiny notebooks with the chapters' names and parameters that write stand-in artifacts (demos, tests)."
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    imports = 'import json, hashlib\nfrom pathlib import Path\nfrom minillm.core import MinillmError\n'
-    bodies = {'corpus': "o = Path(out_dir); o.mkdir(parents=True, exist_ok=True)\n(o/'corpus.txt').write_text('a b c')\n"
-                        "(o/'manifest.json').write_text(json.dumps({'sha256': hashlib.sha256(b'a b c').hexdigest()}))",
-              'tokenizer': "o = Path(out_dir); o.mkdir(parents=True, exist_ok=True)\n"
-                           "for f in ('meta.json', 'train.bin', 'val.bin'): (o/f).write_text('{}')",
-              'model': "print('model ok')",
-              'training': "c = Path(out_dir)/'checkpoints'/'last'; c.mkdir(parents=True, exist_ok=True)\n"
-                          "(c/'model.safetensors').write_bytes(b'')\n"
-                          "(Path(out_dir)/'summary.json').write_text(json.dumps({'val_loss': 3.2, 'epochs': epochs}))",
-              'validation': "Path(report_path).write_text(json.dumps({'passed': True, 'samples': ['To be or not']}))"}
-    for p in PHASES:
-        params = '\n'.join(f'{k} = {v!r}' for k, v in phase_parameters(p.name, PipelineConfig()).items())
-        fail_line = f"raise MinillmError('stand-in {p.name} failure; nothing to do', {int(p.exit_code)})\n" if fail == p.name else ''
-        make_notebook(folder/p.notebook, params, imports + fail_line + bodies[p.name])
-    return folder
+# %% ../nbs/06_pipeline.ipynb #23097dfe
+def run_pipeline(cfg: PipelineConfig, ask=None, isatty=None, quiet: bool = False) -> Path:
+    "Run every phase for `cfg`, holding the run directory's lock; return the path of the report."
+    nbs = check_prerequisites(cfg)
+    with run_lock(cfg.run_dir):  # a second pipeline into this directory is refused, never interleaved
+        resolve_resume(cfg, ask, isatty)
+        with forward_interrupts() as stops: durations, skipped = _run_phases(cfg, nbs, stops, quiet)
+        return write_report(cfg, durations, skipped)
 
 # %% ../nbs/06_pipeline.ipynb #d86a4516
-_HELP = {f.name: f for f in fields(PipelineConfig)}
-_OPTION_HELP = {
-    'run_dir': 'where every artifact, executed notebook and the report go', 'epochs': 'passes over the training tokens',
-    'batch_size': 'sequences per optimizer step', 'learning_rate': 'peak learning rate of AdamW',
-    'model': 'model shape: nano, default, small or medium (minillm.model.MODEL_PRESETS)',
-    'vocab_size': 'tokens the tokenizer learns', 'books': "comma-separated Project Gutenberg numbers; '' is the "
-    'bundled corpus (offline)', 'mirror': 'Project Gutenberg mirror or local server for --books',
-    'skip_corpus': 'reuse RUN/corpus from an earlier run', 'resume': 'continue training from existing checkpoints',
-    'force_restart': 'start training over, replacing existing checkpoints', 'device': 'cpu, cuda, mps or auto',
-    'max_time': "training's wall-clock budget, then it saves and validation runs; 20 epochs of the bundled "
-                "corpus take about 40 minutes on 2 CPU cores; 'none' trains every epoch",
-    'min_free_disk': 'GB that must be free in the run directory',
-    'notebooks': "folder with the chapter notebooks; '' finds the installed ones"}
-
 def _positive(kind):
+    "An argparse type: a number of `kind` above zero (or zero, for a float)."
     def conv(text):
         try: v = kind(text)
         except ValueError: raise argparse.ArgumentTypeError(f'not a number: {text!r}') from None
@@ -453,35 +437,9 @@ def _positive(kind):
     conv.__name__ = kind.__name__
     return conv
 
-# %% ../nbs/06_pipeline.ipynb #98b5cfee
-def _validation_param(text: str):
-    key, sep, value = text.partition('=')
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f'{text!r} is not NAME=VALUE')
-    try: return key, json.loads(value)
-    except ValueError: return key, value
-
-def add_cli(subparsers) -> None:
-    "Register `minillm pipeline`."
-    p = add_command(subparsers, 'pipeline', _pipeline_command,
-                    'run every chapter notebook with papermill: corpus, tokenizer, model, training, validation',
-                    ['minillm pipeline', 'minillm pipeline --epochs 5 --run-dir runs/quick',
-                     'minillm pipeline --run-dir runs/quick --resume'])
-    for f in fields(PipelineConfig):
-        if f.name == 'validation': continue
-        opt, d = '--' + f.name.replace('_', '-'), f.default
-        if f.type == 'bool': p.add_argument(opt, action='store_true', help=_OPTION_HELP[f.name] + ' (default: off)')
-        else:
-            kind = {'int': _positive(int), 'float': _positive(float)}.get(f.type, str)
-            p.add_argument(opt, type=kind, default=d, metavar=f.name.upper(),
-                           help=f'{_OPTION_HELP[f.name]} (default: {d!r})' if d == '' else f'{_OPTION_HELP[f.name]} (default: {d})')
-    p.add_argument('--validation-param', action='append', type=_validation_param, default=[], metavar='NAME=VALUE',
-                   help='extra parameter for 05_generation.ipynb, e.g. a validation threshold (repeatable)')
-
 # %% ../nbs/06_pipeline.ipynb #badddd1e
 def _pipeline_command(args) -> int:
-    cfg = PipelineConfig(**{f.name: getattr(args, f.name) for f in fields(PipelineConfig) if f.name != 'validation'},
-                         validation=dict(args.validation_param))
+    cfg = config_from_args(PipelineConfig, args, validation=dict(args.validation_param))
     if training_budget(cfg.max_time): parse_duration(cfg.max_time)  # bad values are usage errors, up front
     if cfg.books: parse_books(cfg.books)
     if cfg.mirror: check_mirror(cfg.mirror)
@@ -492,3 +450,21 @@ def _pipeline_command(args) -> int:
     if samples:  # an undertrained model can emit control characters: keep the console readable
         print('sample: ' + ''.join(c if c.isprintable() else ' ' for c in samples[0].strip()[:300]))
     return ExitCode.OK
+
+# %% ../nbs/06_pipeline.ipynb #98b5cfee
+def _validation_param(text: str):
+    key, sep, value = text.partition('=')
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f'{text!r} is not NAME=VALUE')
+    try: return key, json.loads(value)
+    except ValueError: return key, value
+
+def add_cli(subparsers) -> None:
+    "Register `minillm pipeline`: an option per `PipelineConfig` field, and `--validation-param`."
+    p = add_command(subparsers, 'pipeline', _pipeline_command,
+                    'run every chapter notebook with papermill: corpus, tokenizer, model, training, validation',
+                    ['minillm pipeline', 'minillm pipeline --epochs 5 --run-dir runs/quick',
+                     'minillm pipeline --run-dir runs/quick --resume'])
+    add_options(p, PipelineConfig, skip=['validation'], types={'int': _positive(int), 'float': _positive(float)})
+    p.add_argument('--validation-param', action='append', type=_validation_param, default=[], metavar='NAME=VALUE',
+                   help='extra parameter for 05_generation.ipynb, e.g. a validation threshold (repeatable)')

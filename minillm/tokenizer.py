@@ -5,21 +5,24 @@
 # %% ../nbs/02_tokenizer.ipynb #4fc9f39d
 from __future__ import annotations
 import contextlib, io, json, os, random, re, time
+from dataclasses import dataclass
 from itertools import compress, repeat
 from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
+from fastcore.basics import patch
 from tqdm import tqdm
 
-from .corpus import build_corpus, iter_documents, read_manifest
-from .core import (MinillmError, ExitCode, add_command, atomic_write, book_dir, ensure_free_disk,
+from .corpus import iter_documents, read_manifest
+from .core import (MinillmError, ExitCode, add_command, add_options, config_from_args, atomic_write, ensure_free_disk,
                           ensure_writable_dir, sha256_file)
 
 # %% auto #0
 __all__ = ['DEFAULT_VOCAB_SIZE', 'SPECIAL_IDS', 'USER_SYMBOLS', 'N_RESERVED', 'MAX_TRAIN_BYTES', 'MAX_LINE_CHARS', 'SPACE_SYMBOL',
            'META_KEYS', 'corpus_manifest', 'split_bytes', 'num_threads', 'training_lines', 'train_tokenizer',
-           'Tokenizer', 'WordCache', 'encode_shards', 'read_meta', 'load_shard', 'check_shards', 'add_cli']
+           'Tokenizer', 'WordCache', 'encode_shards', 'read_meta', 'load_shard', 'check_shards', 'TokenizerConfig',
+           'add_cli']
 
 # %% ../nbs/02_tokenizer.ipynb #73007e60
 def corpus_manifest(corpus_dir) -> dict:
@@ -129,28 +132,26 @@ class Tokenizer:
                                f'retrain it with `minillm tokenizer --corpus DIR --out DIR`', exit_code)
         return cls(sp, path)
 
-    def encode(self, text: str) -> list[int]:
-        "Token ids of `text`."
-        if SPACE_SYMBOL not in text: return self.sp.encode(text)
-        parts = [self.sp.encode(p) for p in text.split(SPACE_SYMBOL)]
-        return [i for k, p in enumerate(parts) for i in (self._space_symbol_ids if k else []) + p]
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        "Token ids of each text, encoded on all cores."
-        out = self.sp.encode(list(texts), num_threads=self.num_threads)
-        return [self.encode(t) if SPACE_SYMBOL in t else ids for t, ids in zip(texts, out)]
-
-    def decode(self, ids) -> str:
-        "The text of token ids (a list, a NumPy array or a tensor); special tokens decode to nothing."
-        return self.sp.decode(ids.tolist() if hasattr(ids, 'tolist') else list(ids))
-
-    def encode_array(self, text: str) -> np.ndarray:
-        "`encode(text)` as an int64 array, faster for long texts: each distinct word is encoded only once."
-        if self.sp.id_to_piece(self.newline_id) != '\n': return np.array(self.encode(text), np.int64)
-        if self._words is None: self._words = WordCache()
-        return _encode_words(self, text)
-
     def __repr__(self): return f'Tokenizer({self.vocab_size} pieces, {self.path})'
+
+# %% ../nbs/02_tokenizer.ipynb #1077d853
+@patch
+def encode(self: Tokenizer, text: str) -> list[int]:
+    "Token ids of `text`."
+    if SPACE_SYMBOL not in text: return self.sp.encode(text)
+    parts = [self.sp.encode(p) for p in text.split(SPACE_SYMBOL)]
+    return [i for k, p in enumerate(parts) for i in (self._space_symbol_ids if k else []) + p]
+
+@patch
+def encode_batch(self: Tokenizer, texts: list[str]) -> list[list[int]]:
+    "Token ids of each text, encoded on all cores."
+    out = self.sp.encode(list(texts), num_threads=self.num_threads)
+    return [self.encode(t) if SPACE_SYMBOL in t else ids for t, ids in zip(texts, out)]
+
+@patch
+def decode(self: Tokenizer, ids) -> str:
+    "The text of token ids (a list, a NumPy array or a tensor); special tokens decode to nothing."
+    return self.sp.decode(ids.tolist() if hasattr(ids, 'tolist') else list(ids))
 
 # %% ../nbs/02_tokenizer.ipynb #4a695516
 class WordCache:
@@ -189,6 +190,14 @@ def _encode_words(tok: Tokenizer, text: str) -> np.ndarray:
     n = cache.lens[which]; ends = np.cumsum(n)   # ids per word; where each word's ids end in the output
     ids = cache.flat[np.repeat(cache.starts[which] - (ends - n), n) + np.arange(ends[-1] if len(ends) else 0)]
     return np.concatenate([np.array(tok.encode(words[0]), np.int64), ids])
+
+# %% ../nbs/02_tokenizer.ipynb #1bbd1d93
+@patch
+def encode_array(self: Tokenizer, text: str) -> np.ndarray:
+    "`encode(text)` as an int64 array, faster for long texts: each distinct word is encoded only once."
+    if self.sp.id_to_piece(self.newline_id) != '\n': return np.array(self.encode(text), np.int64)
+    if self._words is None: self._words = WordCache()
+    return _encode_words(self, text)
 
 # %% ../nbs/02_tokenizer.ipynb #071dac43
 def _encode_split(tok: Tokenizer, corpus_dir, split: str, f, dtype, total: int, progress: bool) -> tuple[int, int]:
@@ -283,25 +292,32 @@ def check_shards(data_dir, tokenizer_path=None, exit_code: int = ExitCode.TOKENI
                                f'not {sha[:12]} of {tok_file}{damaged}); re-encode them with this tokenizer or use theirs', exit_code)
     return meta
 
+# %% ../nbs/02_tokenizer.ipynb #61cff680
+@dataclass
+class TokenizerConfig:
+    "One `minillm tokenizer` run; each field is a command-line option."
+    corpus_dir: str = ''                   # corpus directory (corpus.txt + manifest.json from `minillm corpus`)
+    out_dir: str = ''                      # output directory for tokenizer.model, train.bin, val.bin, meta.json
+    vocab_size: int = DEFAULT_VOCAB_SIZE   # number of tokens
+    model_type: str = 'bpe'                # SentencePiece algorithm: bpe or unigram
+    progress: bool = True                  # progress bars on stderr; --quiet turns them off
+
 # %% ../nbs/02_tokenizer.ipynb #fb8e8b7c
 def _run_tokenizer(args) -> int:
-    t0 = time.time()
-    path = train_tokenizer(args.corpus, args.out, args.vocab_size, args.model_type)
+    cfg, t0 = config_from_args(TokenizerConfig, args), time.time()
+    path = train_tokenizer(cfg.corpus_dir, cfg.out_dir, cfg.vocab_size, cfg.model_type)
     t1 = time.time()
-    meta = encode_shards(args.corpus, path, args.out, progress=not args.quiet)
+    meta = encode_shards(cfg.corpus_dir, path, cfg.out_dir, progress=cfg.progress)
     t2, mb = time.time(), (meta['train_bytes'] + meta['val_bytes']) / 1e6
-    print(f'trained a {meta["vocab_size"]}-token {args.model_type} tokenizer in {t1 - t0:.1f} s; encoded {mb:.1f} MB '
-          f'into {meta["train_tokens"]:,} train and {meta["val_tokens"]:,} val tokens in {t2 - t1:.1f} s -> {args.out}')
+    print(f'trained a {meta["vocab_size"]}-token {cfg.model_type} tokenizer in {t1 - t0:.1f} s; encoded {mb:.1f} MB '
+          f'into {meta["train_tokens"]:,} train and {meta["val_tokens"]:,} val tokens in {t2 - t1:.1f} s -> {cfg.out_dir}')
     return 0
 
 def add_cli(subparsers) -> None:
-    "Register `minillm tokenizer`."
+    "Register `minillm tokenizer`: an option per `TokenizerConfig` field."
     p = add_command(subparsers, 'tokenizer', _run_tokenizer,
                     'train a SentencePiece tokenizer on a corpus and encode it into token shards',
                     ['minillm tokenizer --corpus data/corpus --out data/tok',
                      'minillm tokenizer --corpus data/corpus --vocab-size 8192 --model-type unigram --out data/tok8k'])
-    p.add_argument('--corpus', required=True, help='corpus directory (corpus.txt + manifest.json from `minillm corpus`)')
-    p.add_argument('--out', required=True, help='output directory for tokenizer.model, train.bin, val.bin, meta.json')
-    p.add_argument('--vocab-size', type=int, default=DEFAULT_VOCAB_SIZE, help=f'number of tokens (default {DEFAULT_VOCAB_SIZE})')
-    p.add_argument('--model-type', choices=['bpe', 'unigram'], default='bpe', help='SentencePiece algorithm (default bpe)')
-    p.add_argument('--quiet', action='store_true', help='no progress bars')
+    add_options(p, TokenizerConfig, flags={'corpus_dir': '--corpus', 'out_dir': '--out', 'progress': '--quiet'},
+                corpus_dir=dict(required=True), out_dir=dict(required=True), model_type=dict(choices=['bpe', 'unigram']))

@@ -4,43 +4,43 @@
 
 # %% ../nbs/04_training.ipynb #fcf9857f
 from __future__ import annotations
-import argparse, contextlib, json, math, os, re, shutil, signal, sys, tempfile, time
-from dataclasses import dataclass, asdict, fields, replace
+import contextlib, json, math, os, shutil, signal, sys, time
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .core import (MinillmError, ExitCode, add_command, atomic_write, ensure_free_disk,
-                          ensure_writable_dir, parse_duration, run_lock, sha256_file)
+from .core import (MinillmError, ExitCode, add_command, add_options, config_from_args, atomic_write, ensure_free_disk,
+                          ensure_writable_dir, parse_duration, run_lock)
 from .model import MODEL_PRESETS, ModelConfig, MiniLLM, count_params, flops_per_token
-from .tokenizer import read_meta, load_shard, check_shards
+from .checkpoint import (check_start_flags, existing_checkpoints, load_checkpoint, recover_checkpoints, resume_point,
+                                save_checkpoint)
+from .tokenizer import load_shard, check_shards
 
 # %% auto #0
 __all__ = ['TrainConfig', 'check_config', 'epoch_windows', 'get_batch', 'bits_per_byte', 'make_optimizer', 'lr_at', 'pick_device',
-           'autocast', 'measure_dtype', 'recover_checkpoints', 'write_checkpoint_dir', 'save_checkpoint',
-           'load_checkpoint', 'model_config', 'check_data', 'init_distributed', 'ranks_in_sync', 'evaluate_loss',
-           'train_step', 'StopFlag', 'resume_point', 'resolve_start', 'plot_losses', 'train', 'add_train_options',
-           'add_cli']
+           'autocast', 'measure_dtype', 'model_config', 'check_data', 'init_distributed', 'ranks_in_sync',
+           'evaluate_loss', 'train_step', 'StopFlag', 'resolve_start', 'RunSpec', 'plan_run', 'LoopState',
+           'micro_batches', 'Session', 'open_session', 'take_step', 'fold_loss', 'save', 'evaluation_due',
+           'metrics_line', 'evaluate_and_log', 'stop_reason', 'agree_to_stop', 'end_epoch', 'checkpoint_due',
+           'run_epochs', 'check_resumable', 'choose_dtype', 'plot_losses', 'summary_of', 'train', 'add_cli']
 
 # %% ../nbs/04_training.ipynb #3c4c5030
-MODEL_PRESETS.setdefault('tiny', dict(block_size=64, n_layer=2, n_head=2, n_kv_head=2, n_embd=64))  # for tests and this page
-
 @dataclass
 class TrainConfig:
     "Everything `train` needs; one field per `minillm train` option."
-    data_dir: str = ''            # token shards (train.bin, val.bin, meta.json, tokenizer.model)
-    out_dir: str = ''             # metrics.jsonl, summary.json, loss.png, checkpoints/
+    data_dir: str = ''            # token shards from `minillm tokenizer` (train.bin, val.bin, meta.json, tokenizer.model)
+    out_dir: str = ''             # output directory: checkpoints/, metrics.jsonl, summary.json, loss.png
     epochs: int = 20              # passes over the training tokens
     batch_size: int = 32          # sequences per optimizer step (over all processes and accumulation steps)
     learning_rate: float = 3e-4   # peak learning rate after warmup
-    block_size: int | None = None # context length; None keeps the preset's
-    model: str = 'default'        # a MODEL_PRESETS name
-    n_layer: int | None = None    # overrides of the preset's shape (None keeps it)
-    n_head: int | None = None
-    n_kv_head: int | None = None
-    n_embd: int | None = None
+    block_size: int | None = None # context length (default: the preset's)
+    model: str = 'default'        # model shape: a preset of chapter 3's MODEL_PRESETS
+    n_layer: int | None = None    # transformer blocks (default: the preset's)
+    n_head: int | None = None     # attention heads (default: the preset's)
+    n_kv_head: int | None = None  # key/value heads (default: the preset's, or n_head when --n-head is given)
+    n_embd: int | None = None     # embedding width (default: the preset's)
     dropout: float = 0.0          # dropout rate
     device: str = 'auto'          # auto, cpu, cuda, cuda:N or mps
     dtype: str = 'auto'           # auto (measured), float32 or bfloat16
@@ -58,7 +58,7 @@ class TrainConfig:
     seed: int = 1337              # seeds the weights and the order of batches
     resume: bool = False          # continue from OUT/checkpoints/last
     force_restart: bool = False   # delete existing checkpoints and start afresh
-    progress: bool = True         # show a progress bar
+    progress: bool = True         # a progress bar on stderr; --quiet turns it off
 
 # %% ../nbs/04_training.ipynb #8855d02d
 _POSITIVE = ('epochs', 'batch_size', 'learning_rate', 'grad_accum', 'eval_batches', 'checkpoint_every',
@@ -157,99 +157,6 @@ def measure_dtype(model, x, y, device: torch.device, reps: int = 3) -> dict[str,
 def _sync(device):
     if device.type == 'cuda': torch.cuda.synchronize()
 
-# %% ../nbs/04_training.ipynb #853223ed
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, list]:
-    "AdamW's state as flat tensors (`state.IDX.KEY`) plus its param groups without the parameters."
-    sd = opt.state_dict()
-    tensors = {f'state.{i}.{k}': v.detach().cpu().contiguous() for i, s in sd['state'].items() for k, v in s.items()}
-    return tensors, sd['param_groups']
-
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict, groups: list) -> None:
-    state = {}
-    for key, v in tensors.items():
-        if key.startswith('state.'):
-            _, i, k = key.split('.', 2); state.setdefault(int(i), {})[k] = v
-    opt.load_state_dict({'state': state, 'param_groups': groups})
-
-def _rng_tensors(device: torch.device) -> dict:
-    t = {'rng.cpu': torch.get_rng_state()}
-    if device.type == 'cuda': t['rng.cuda'] = torch.cuda.get_rng_state(device)
-    return t
-
-# %% ../nbs/04_training.ipynb #e5ce886a
-def _fsync_dir(d: Path):
-    with contextlib.suppress(OSError):
-        fd = os.open(d, os.O_RDONLY); os.fsync(fd); os.close(fd)
-
-def recover_checkpoints(ck_root: Path) -> None:
-    "Put back a checkpoint left aside by a save that was killed between its two renames."
-    for old in ck_root.glob('.old-*'):
-        target = ck_root / old.name[len('.old-'):]
-        if target.exists(): shutil.rmtree(old, ignore_errors=True)
-        else: os.replace(old, target)
-    for tmp in ck_root.glob('.tmp-*'): shutil.rmtree(tmp, ignore_errors=True)
-
-def write_checkpoint_dir(ck_root: Path, name: str, write) -> Path:
-    "Call `write(tmp_dir)`, fsync every file, then swap the result into `ck_root/name` atomically."
-    tmp = Path(tempfile.mkdtemp(dir=ck_root, prefix=f'.tmp-{name}-'))
-    try:
-        write(tmp)
-        for f in tmp.iterdir():
-            with open(f, 'rb') as fh: os.fsync(fh.fileno())
-        _fsync_dir(tmp)
-        target, old = ck_root / name, ck_root / f'.old-{name}'
-        if target.exists(): os.replace(target, old)
-        os.replace(tmp, target); _fsync_dir(ck_root)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
-    return target
-
-# %% ../nbs/04_training.ipynb #f2a4f765
-def save_checkpoint(ck_root: Path, name: str, model, opt, state: dict, cfg: TrainConfig, tokenizer, device) -> Path:
-    "Write checkpoint `ck_root/name` (weights, config, tokenizer, train config, optimizer and loop state)."
-    from safetensors.torch import save
-    from minillm.model import save_model
-    tensors, groups = _optimizer_tensors(opt)
-    tensors.update(_rng_tensors(device))
-    need = 2 * (sum(v.numel() * v.element_size() for v in tensors.values()) +
-                sum(p.numel() * p.element_size() for p in model.parameters())) + (1 << 20)
-    ensure_free_disk(ck_root, need, f'checkpoint {name}', ExitCode.TRAINING)
-    def write(d: Path):
-        save_model(model, d)
-        if tokenizer is not None and Path(tokenizer).is_file(): shutil.copyfile(tokenizer, d / 'tokenizer.model')
-        (d / 'train_config.json').write_text(json.dumps(asdict(cfg), indent=1))
-        (d / 'optimizer.safetensors').write_bytes(save(tensors))
-        (d / 'state.json').write_text(json.dumps(dict(state, param_groups=groups), indent=1))
-    try: return write_checkpoint_dir(ck_root, name, write)
-    except OSError as e:  # a full disk, a vanished directory: the previous checkpoint is untouched
-        raise MinillmError(f'writing checkpoint {ck_root / name} failed ({e.strerror or e}); the previous one is intact: '
-                           f'free some space, then continue with --resume', ExitCode.TRAINING) from None
-
-# %% ../nbs/04_training.ipynb #d08dd4f4
-def load_checkpoint(d: Path, model, opt, device) -> dict:
-    "Load weights, optimizer and RNG states from checkpoint `d` into `model` and `opt`; return the loop state."
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-    for name in ('config.json', 'model.safetensors', 'optimizer.safetensors', 'state.json'):
-        if not (d / name).is_file():
-            raise MinillmError(f'checkpoint {d} is incomplete: {name} is missing; start afresh with --force-restart', ExitCode.TRAINING)
-    current = d / 'model.safetensors'
-    try:
-        model.load_state_dict(load_file(str(current), device='cpu'))
-        current = d / 'optimizer.safetensors'
-        tensors = load_file(str(current), device='cpu')
-        current = d / 'state.json'
-        state = json.loads(current.read_text())
-        _load_optimizer(opt, tensors, state.pop('param_groups'))
-        current = d / 'optimizer.safetensors'
-        torch.set_rng_state(tensors['rng.cpu'])
-    except (SafetensorError, RuntimeError, ValueError, KeyError, TypeError, AttributeError, OSError) as e:
-        raise MinillmError(f'checkpoint file {current} is corrupt or truncated ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); '
-                           f'start afresh with --force-restart', ExitCode.TRAINING) from None
-    if device.type == 'cuda' and 'rng.cuda' in tensors: torch.cuda.set_rng_state(tensors['rng.cuda'], device)
-    return state
-
 # %% ../nbs/04_training.ipynb #fdcb1c3d
 def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     "The `ModelConfig` from the preset `cfg.model` with `cfg`'s non-zero overrides."
@@ -347,18 +254,10 @@ class StopFlag:
         for s, h in self._old.items(): signal.signal(s, h)
 
 # %% ../nbs/04_training.ipynb #2e854a37
-def resume_point(ck_root: Path) -> str | None:
-    "The checkpoint to resume from: the later (by step) of `last` and `best`, `last` on a tie; None if neither exists."
-    def step(name):
-        try: return json.loads((ck_root / name / 'state.json').read_text())['global_step']
-        except (OSError, ValueError, KeyError, TypeError): return math.inf if name == 'last' else -1  # loading `last` says what is wrong
-    names = [n for n in ('last', 'best') if (ck_root / n).is_dir()]
-    return max(names, key=step) if names else None
-
 def resolve_start(ck_root: Path, cfg: TrainConfig) -> bool:
     "Whether to resume (from `resume_point`); deletes the old checkpoints on --force-restart."
-    existing = [n for n in ('last', 'best') if (ck_root / n).exists()]
-    if cfg.resume and cfg.force_restart: raise MinillmError('--resume and --force-restart exclude each other; pick one')
+    existing = existing_checkpoints(ck_root)
+    check_start_flags(cfg.resume, cfg.force_restart)
     if cfg.force_restart or not existing:
         if existing: shutil.rmtree(ck_root); ck_root.mkdir()
         return False
@@ -369,29 +268,60 @@ def resolve_start(ck_root: Path, cfg: TrainConfig) -> bool:
     raise MinillmError(f'{ck_root} already holds checkpoints ({", ".join(existing)}); pass --resume to continue '
                        f'the run or --force-restart to delete them and start afresh')
 
-# %% ../nbs/04_training.ipynb #b1ba5c2f
-def _setup(cfg: TrainConfig, data: Path, out: Path, meta: dict, mc: ModelConfig, device, rank: int, world: int):
-    "Model, optimizer, loop state and the chosen dtype, fresh or resumed from `out/checkpoints/{last,best}`."
-    ck_root = out / 'checkpoints'
-    resume = resolve_start(ck_root, cfg) if rank == 0 else cfg.resume or resume_point(ck_root) is not None
-    if world > 1: resume = _any_rank(resume, world, device)
-    start = ck_root / resume_point(ck_root) if resume else None
-    if resume and (start / 'config.json').is_file():
-        try: saved = ModelConfig.from_dict(json.loads((start / 'config.json').read_text())).to_dict()
-        except (ValueError, TypeError) as e:
-            raise MinillmError(f'checkpoint file {start / "config.json"} is corrupt or truncated ({e}); start afresh '
-                               f'with --force-restart', ExitCode.TRAINING) from None
-        if saved != mc.to_dict():
-            diff = ', '.join(f'{k} {saved.get(k)} -> {v}' for k, v in mc.to_dict().items() if saved.get(k) != v)
-            raise MinillmError(f'cannot resume: the checkpoint in {start} has another model shape ({diff}); '
-                               f'resume with the same --model options or use --force-restart', ExitCode.TRAINING)
-    torch.manual_seed(cfg.seed)
-    model = MiniLLM(mc).to(device)
-    opt = make_optimizer(model, cfg, device)
-    state = dict(epoch=0, step=0, global_step=0, tokens=0, best_val=None, metrics=[], elapsed=0.0, dtype=None,
-                 loss_sum=0.0, loss_count=0)
-    if resume: state.update(load_checkpoint(start, model, opt, device))
-    return model, opt, state, ck_root
+# %% ../nbs/04_training.ipynb #3119abba
+@dataclass(frozen=True)
+class RunSpec:
+    "What a run is, fixed before its first step: the options, the data, the model's shape, the machine, and the lengths they imply."
+    cfg: TrainConfig            # the options, as given
+    data: Path                  # the token shards' directory
+    out: Path                   # the output directory
+    meta: dict                  # the shards' meta.json (token and byte counts, for bits per byte)
+    mc: ModelConfig             # the model's shape
+    device: torch.device        # where this process computes
+    rank: int = 0               # this process's number; rank 0 writes every file
+    world: int = 1              # processes in all
+    steps_per_epoch: int = 1    # optimizer steps in every epoch
+    eval_every: int = 1         # optimizer steps between evaluations
+    budget: float = math.inf    # seconds of training allowed (--max-time), summed over every resume
+
+    @property
+    def total_steps(self) -> int: return self.cfg.epochs * self.steps_per_epoch    # the schedule's length
+    @property
+    def micro(self) -> int: return self.cfg.batch_size // self.cfg.grad_accum      # sequences per micro-batch, all processes
+    @property
+    def ck_root(self) -> Path: return self.out / 'checkpoints'
+
+# %% ../nbs/04_training.ipynb #439e1bb7
+def plan_run(run: RunSpec, n_train_tokens: int) -> RunSpec:
+    "`run` with the steps per epoch, the evaluation interval and the time budget filled in."
+    cfg = run.cfg
+    windows = min(len(epoch_windows(n_train_tokens, run.mc.block_size, cfg.seed, e)) for e in range(min(cfg.epochs, 4)))
+    steps = windows // cfg.batch_size
+    return replace(run, steps_per_epoch=steps, eval_every=cfg.eval_every or steps,
+                   budget=parse_duration(cfg.max_time) if cfg.max_time else math.inf)
+
+# %% ../nbs/04_training.ipynb #8762dd84
+@dataclass
+class LoopState:
+    "Where a run is: everything the loop changes, saved as each checkpoint's state.json so that a resume goes on exactly."
+    epoch: int = 0                # epochs finished
+    step: int = 0                 # optimizer steps finished in the current epoch
+    global_step: int = 0          # optimizer steps finished in all
+    tokens: int = 0               # training tokens seen
+    best_val: float | None = None # the lowest validation loss so far
+    metrics: list = field(default_factory=list)  # every evaluation's line of metrics.jsonl
+    elapsed: float = 0.0          # seconds of training, summed over every resume
+    dtype: str | None = None      # the number format, chosen at the start and kept on resume
+    loss_sum: float = 0.0         # training loss summed since the last evaluation
+    loss_count: int = 0           # optimizer steps in loss_sum
+
+    def to_dict(self) -> dict: return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LoopState:
+        "The state in a state.json; a field it lacks keeps its default."
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 # %% ../nbs/04_training.ipynb #0d3a0c7a
 def _progress(total: int, initial: int, enabled: bool):
@@ -403,6 +333,185 @@ def _progress(total: int, initial: int, enabled: bool):
 def _log(msg: str, rank: int, bar=None):
     if rank: return
     (bar.write if bar is not None else print)(msg, file=sys.stderr)
+
+# %% ../nbs/04_training.ipynb #2e0da34c
+def micro_batches(run: RunSpec, data: np.ndarray, order: np.ndarray, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    "This process's micro-batches (inputs, targets) for optimizer step `step` of an epoch whose windows are `order`."
+    rows, T = order[step * run.cfg.batch_size:(step + 1) * run.cfg.batch_size], run.mc.block_size
+    batches = []
+    for a in range(run.cfg.grad_accum):
+        x, y = get_batch(data, rows[a * run.micro:(a + 1) * run.micro][run.rank::run.world], T)  # this process's slice
+        if run.device.type == 'cuda': x, y = x.pin_memory().to(run.device, non_blocking=True), y.pin_memory().to(run.device, non_blocking=True)
+        elif run.device.type != 'cpu': x, y = x.to(run.device), y.to(run.device)
+        batches.append((x, y))
+    return batches
+
+# %% ../nbs/04_training.ipynb #e0510635
+@dataclass
+class Session:
+    "What exists only while this process trains: the model, its optimizer, the data, the progress bar, the clock."
+    model: torch.nn.Module        # the model whose weights checkpoints save
+    net: torch.nn.Module          # what the steps run: the model, compiled or wrapped for DDP
+    opt: torch.optim.Optimizer    # AdamW
+    train_data: np.ndarray        # the train shard (memory-mapped)
+    val_data: np.ndarray          # the val shard
+    bar: object                   # the progress bar
+    loss_acc: torch.Tensor        # training loss summed on the device since it was last folded into the state
+    t_start: float = 0.0          # the wall clock when this process started training
+    elapsed0: float = 0.0         # the state's elapsed seconds at that moment
+    last_tick: float = 0.0        # when the progress bar last showed the speed
+    last_tokens: int = 0          # the tokens seen then
+
+def open_session(run: RunSpec, model, opt, state: LoopState, train_data, val_data) -> Session:
+    "Start the clock and the progress bar; compile the model or wrap it for DDP if the run asks."
+    net = torch.compile(model) if run.cfg.compile else model
+    if run.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        net = DDP(net, device_ids=[run.device.index] if run.device.type == 'cuda' else None)
+    bar = _progress(run.total_steps, state.global_step, run.cfg.progress and run.rank == 0)
+    now = time.time()
+    return Session(model, net, opt, train_data, val_data, bar, torch.zeros((), device=run.device), now, state.elapsed,
+                   now, state.tokens)
+
+# %% ../nbs/04_training.ipynb #72e5e6ff
+def take_step(run: RunSpec, state: LoopState, s: Session, order: np.ndarray) -> float:
+    "One optimizer step at the state's place in the epoch; advance the counters and the clock; return the learning rate."
+    lr = lr_at(state.global_step, run.total_steps, run.cfg)
+    s.loss_acc += train_step(s.net, s.opt, micro_batches(run, s.train_data, order, state.step), lr, run.cfg, run.device, state.dtype)
+    state.step += 1; state.global_step += 1; state.tokens += run.cfg.batch_size * run.mc.block_size; state.loss_count += 1
+    s.bar.update(1)
+    _show_speed(run, state, s, lr)
+    state.elapsed = s.elapsed0 + time.time() - s.t_start
+    return lr
+
+def _show_speed(run, state, s, lr):
+    "The loss, learning rate and tokens per second on the progress bar, at most every `mininterval` seconds."
+    now = time.time()
+    if run.rank == 0 and run.cfg.progress and now - s.last_tick >= s.bar.mininterval:
+        s.bar.set_postfix(loss=f'{(state.loss_sum + s.loss_acc.item()) / state.loss_count:.3f}', lr=f'{lr:.2e}',
+                          tok_s=f'{(state.tokens - s.last_tokens) / (now - s.last_tick):,.0f}', refresh=False)
+        s.last_tick, s.last_tokens = now, state.tokens
+
+# %% ../nbs/04_training.ipynb #e293b768
+def fold_loss(state: LoopState, s: Session) -> None:
+    "Move the training loss summed on the device into the state (a checkpoint saves the state)."
+    state.loss_sum += float(s.loss_acc.item()); s.loss_acc.zero_()
+
+def save(run: RunSpec, state: LoopState, s: Session, name: str) -> None:
+    "Checkpoint `name` (`last` or `best`) of the run as it stands (section 4.1's `save_checkpoint`); rank 0 writes."
+    if run.rank == 0:
+        save_checkpoint(run.ck_root, name, s.model, s.opt, state.to_dict(), asdict(run.cfg), run.data / 'tokenizer.model', run.device)
+
+# %% ../nbs/04_training.ipynb #ae48f726
+def evaluation_due(run: RunSpec, state: LoopState) -> bool:
+    "Whether to evaluate after the step just taken: every `eval_every` steps, and after the last step of the last epoch."
+    last_step = state.step == run.steps_per_epoch and state.epoch == run.cfg.epochs - 1
+    return state.global_step % run.eval_every == 0 or last_step
+
+# %% ../nbs/04_training.ipynb #f1f9f011
+def metrics_line(run: RunSpec, state: LoopState, train_loss: float, val_loss: float, lr: float) -> dict:
+    "One line of metrics.jsonl: where the run is, its losses, bits per byte, learning rate and speed."
+    return dict(epoch=state.epoch + 1, step=state.global_step, tokens=state.tokens, train_loss=round(train_loss, 5),
+                val_loss=round(val_loss, 5), val_bpb=round(bits_per_byte(val_loss, run.meta['val_tokens'], run.meta['val_bytes']), 5),
+                lr=lr, tokens_per_s=round(state.tokens / max(state.elapsed, 1e-9)), elapsed=round(state.elapsed, 2))
+
+def evaluate_and_log(run: RunSpec, state: LoopState, s: Session, lr: float) -> dict:
+    "Validation loss and bits per byte: a line of metrics.jsonl and of the log, and the `best` checkpoint if it improved."
+    train_loss = (state.loss_sum + float(s.loss_acc.item())) / max(1, state.loss_count)
+    state.loss_sum, state.loss_count = 0.0, 0; s.loss_acc.zero_()
+    val_loss = evaluate_loss(s.model, s.val_data, run.mc.block_size, run.cfg.batch_size, run.cfg.eval_batches, run.device, state.dtype)
+    m = metrics_line(run, state, train_loss, val_loss, lr)
+    state.metrics.append(m)
+    _log(f'epoch {m["epoch"]} step {m["step"]}: train loss {m["train_loss"]:.3f}, val loss {m["val_loss"]:.3f}, '
+         f'val {m["val_bpb"]:.3f} bits/byte', run.rank, s.bar)
+    if run.rank == 0:
+        with open(run.out / 'metrics.jsonl', 'a') as f: f.write(json.dumps(m) + '\n')
+    if state.best_val is None or val_loss < state.best_val:
+        state.best_val = val_loss
+        save(run, state, s, 'best')
+    return m
+
+# %% ../nbs/04_training.ipynb #b1f94437
+def stop_reason(run: RunSpec, state: LoopState, signal: str | None) -> str | None:
+    "Why the run stops after this step: a signal's name, 'max_time', 'max_steps', or None to go on."
+    if signal: return signal
+    if state.elapsed >= run.budget: return 'max_time'
+    if run.cfg.max_steps and state.global_step >= run.cfg.max_steps: return 'max_steps'
+    return None
+
+def agree_to_stop(run: RunSpec, reason: str | None) -> str | None:
+    "`reason`, agreed by every process: all stop if one wants to (the others as if at a step limit)."
+    if run.world > 1 and _any_rank(reason is not None, run.world, run.device): return reason or 'max_steps'
+    return reason
+
+# %% ../nbs/04_training.ipynb #7b6df7e8
+def end_epoch(run: RunSpec, state: LoopState) -> bool:
+    "If the epoch's steps are all done, move the state to the start of the next epoch, and say so."
+    if state.step < run.steps_per_epoch: return False
+    state.epoch, state.step = state.epoch + 1, 0
+    return True
+
+def checkpoint_due(run: RunSpec, state: LoopState) -> bool:
+    "Whether the epoch just finished is saved as `last`: every `checkpoint_every` epochs, and the last one."
+    return state.epoch % run.cfg.checkpoint_every == 0 or state.epoch == run.cfg.epochs
+
+# %% ../nbs/04_training.ipynb #b05958eb
+def run_epochs(run: RunSpec, state: LoopState, s: Session) -> str | None:
+    "Train until the last epoch ends or something stops the run; return what stopped it (None: the epochs ended)."
+    stopped = lr = None
+    with StopFlag() as flag:
+        while state.epoch < run.cfg.epochs and stopped is None:
+            order = epoch_windows(len(s.train_data), run.mc.block_size, run.cfg.seed, state.epoch)
+            while state.step < run.steps_per_epoch and stopped is None:
+                lr = take_step(run, state, s, order)
+                if evaluation_due(run, state): evaluate_and_log(run, state, s, lr)
+                stopped = agree_to_stop(run, stop_reason(run, state, flag.signal))
+            if end_epoch(run, state) and checkpoint_due(run, state):
+                fold_loss(state, s); save(run, state, s, 'last')
+        if stopped == 'max_time' and state.loss_count: evaluate_and_log(run, state, s, lr)  # where the budget got to
+        s.bar.close(); fold_loss(state, s)
+        if stopped is not None: save(run, state, s, 'last')
+    return stopped
+
+# %% ../nbs/04_training.ipynb #53df1c01
+def check_resumable(run: RunSpec, start: Path) -> None:
+    "Refuse to resume from checkpoint `start` if its model shape differs from this run's."
+    if not (start / 'config.json').is_file(): return  # load_checkpoint names what is missing
+    try: saved = ModelConfig.from_dict(json.loads((start / 'config.json').read_text())).to_dict()
+    except (ValueError, TypeError) as e:
+        raise MinillmError(f'checkpoint file {start / "config.json"} is corrupt or truncated ({e}); start afresh '
+                           f'with --force-restart', ExitCode.TRAINING) from None
+    if saved != run.mc.to_dict():
+        diff = ', '.join(f'{k} {saved.get(k)} -> {v}' for k, v in run.mc.to_dict().items() if saved.get(k) != v)
+        raise MinillmError(f'cannot resume: the checkpoint in {start} has another model shape ({diff}); '
+                           f'resume with the same --model options or use --force-restart', ExitCode.TRAINING)
+
+# %% ../nbs/04_training.ipynb #84caa5ac
+def _setup(run: RunSpec) -> tuple[MiniLLM, torch.optim.Optimizer, LoopState]:
+    "The model, its optimizer and the loop state: fresh, or resumed from the later of `checkpoints/{last,best}`."
+    resume = resolve_start(run.ck_root, run.cfg) if run.rank == 0 else run.cfg.resume or resume_point(run.ck_root) is not None
+    if run.world > 1: resume = _any_rank(resume, run.world, run.device)
+    start = run.ck_root / resume_point(run.ck_root) if resume else None
+    if start: check_resumable(run, start)
+    torch.manual_seed(run.cfg.seed)
+    model = MiniLLM(run.mc).to(run.device)
+    opt = make_optimizer(model, run.cfg, run.device)
+    state = LoopState.from_dict(load_checkpoint(start, model, opt, run.device)) if start else LoopState()
+    return model, opt, state
+
+# %% ../nbs/04_training.ipynb #acf1025e
+def choose_dtype(run: RunSpec, state: LoopState, model, train_data) -> str:
+    "The number format of the run: the resumed state's, the option's, or the faster one here (all processes agree)."
+    def here():
+        if state.dtype: return state.dtype       # a resumed run keeps its number format
+        if run.cfg.dtype != 'auto': return run.cfg.dtype
+        if run.device.type == 'mps': return 'float32'
+        micro = run.micro // run.world
+        rows = micro if run.device.type == 'cuda' else min(micro, 4)  # a CPU probe only needs the ratio
+        x, y = get_batch(train_data, np.arange(rows, dtype=np.int64) * run.mc.block_size, run.mc.block_size)
+        t = measure_dtype(model, x.to(run.device), y.to(run.device), run.device)
+        return 'bfloat16' if t['bfloat16'] < 0.9 * t['float32'] else 'float32'
+    return 'bfloat16' if _any_rank(here() == 'bfloat16', run.world, run.device) else 'float32'
 
 # %% ../nbs/04_training.ipynb #b2da2b77
 def plot_losses(metrics: list[dict], path: Path) -> None:
@@ -416,166 +525,36 @@ def plot_losses(metrics: list[dict], path: Path) -> None:
     fig.tight_layout()
     with atomic_write(path, 'wb', encoding=None) as f: fig.savefig(f, format='png')
 
-# %% ../nbs/04_training.ipynb #bc128b0a
-def _resolve_dtype(cfg, state, model, train_data, mc, device, micro) -> str:
-    if state['dtype']: return state['dtype']       # a resumed run keeps its number format
-    if cfg.dtype != 'auto': return cfg.dtype
-    if device.type == 'mps': return 'float32'
-    rows = micro if device.type == 'cuda' else min(micro, 4)  # a CPU probe only needs the ratio
-    x, y = get_batch(train_data, np.arange(rows, dtype=np.int64) * mc.block_size, mc.block_size)
-    t = measure_dtype(model, x.to(device), y.to(device), device)
-    return 'bfloat16' if t['bfloat16'] < 0.9 * t['float32'] else 'float32'
+# %% ../nbs/04_training.ipynb #3cc8ca8d
+def summary_of(run: RunSpec, state: LoopState, model, stopped: str | None) -> dict:
+    "The run's summary.json: how far it got, how fast, its final and best losses."
+    last, tps = state.metrics[-1] if state.metrics else {}, state.tokens / max(state.elapsed, 1e-9)
+    summary = dict(status='complete' if stopped is None else f'stopped ({stopped})', epochs_done=state.epoch,
+                   steps=state.global_step, total_steps=run.total_steps, tokens=state.tokens,
+                   elapsed_s=round(state.elapsed, 2), tokens_per_s=round(tps), params=count_params(run.mc),
+                   model_flops_per_s=round(tps * flops_per_token(run.mc)), device=str(run.device), dtype=state.dtype,
+                   processes=run.world, final_train_loss=last.get('train_loss'), final_val_loss=last.get('val_loss'),
+                   final_val_bpb=last.get('val_bpb'), best_val_loss=state.best_val,
+                   best_val_bpb=min((m['val_bpb'] for m in state.metrics), default=None), checkpoints=str(run.ck_root))
+    if run.world > 1: summary['ranks_in_sync'] = ranks_in_sync(model, run.world, run.device)
+    return summary
 
-# %% ../nbs/04_training.ipynb #fd793c52
-def train(config: TrainConfig) -> dict:
-    "Train a `MiniLLM` on the token shards in `config.data_dir`; write checkpoints, metrics and a plot; return the summary."
-    cfg = config; check_config(cfg)
-    data, out = Path(cfg.data_dir or '.'), Path(cfg.out_dir or '.')
-    device = pick_device(cfg.device)
-    rank, world, device = init_distributed(device)
-    meta = check_data(data, model_config(cfg, 1).block_size)
-    mc = model_config(cfg, meta['vocab_size'])
-    if rank == 0: ensure_writable_dir(out, 'output directory', ExitCode.TRAINING)
-    with run_lock(out, ExitCode.TRAINING) if rank == 0 else contextlib.nullcontext():  # one run per directory
-        try: return _train_locked(cfg, data, out, meta, mc, device, rank, world)
-        except OSError as e:  # a disk that fills up while metrics or the summary are written: checkpoints are safe
-            raise MinillmError(f'training stopped: {e.strerror or e}{f" ({e.filename})" if e.filename else ""}; the '
-                               f'checkpoints written so far are intact: fix that, then continue with --resume',
-                               ExitCode.TRAINING) from None
-
-def _train_locked(cfg, data, out, meta, mc, device, rank, world) -> dict:
-    "The rest of `train`, run while this process holds the output directory's lock."
-    if rank == 0: ensure_writable_dir(out / 'checkpoints', 'checkpoint directory', ExitCode.TRAINING)
-    if rank == 0: recover_checkpoints(out / 'checkpoints')
-    if world > 1: _any_rank(False, world, device)  # wait for rank 0's checks
-    micro = cfg.batch_size // cfg.grad_accum
-    if micro % world: raise MinillmError(f'--batch-size / --grad-accum = {micro} must be a multiple of the {world} processes')
-    train_data, val_data = load_shard(data, 'train'), load_shard(data, 'val')
-    n_windows = len(epoch_windows(len(train_data), mc.block_size, cfg.seed, 0))
-    if n_windows < cfg.batch_size:
-        raise MinillmError(f'the training split has only {n_windows} windows of {mc.block_size} tokens, fewer than '
-                           f'--batch-size {cfg.batch_size}; use a smaller batch or context, or more data', ExitCode.USAGE)
-    if rank == 0:  # last, best and one being written, each with weights and AdamW's two moments in float32
-        ensure_free_disk(out, 3 * 3 * 4 * count_params(mc) + (4 << 20), 'checkpoints', ExitCode.TRAINING)
-    model, opt, state, ck_root = _setup(cfg, data, out, meta, mc, device, rank, world)
-    dtype = _resolve_dtype(cfg, state, model, train_data, mc, device, micro // world)
-    # each rank timed its own probe: if any found bfloat16 faster, all use it (they must agree)
-    state['dtype'] = dtype = 'bfloat16' if _any_rank(dtype == 'bfloat16', world, device) else 'float32'
-    return _loop(cfg, data, out, meta, mc, device, rank, world, train_data, val_data, model, opt, state, ck_root, dtype)
-
-# %% ../nbs/04_training.ipynb #8ed9cb4e
-def _loop(cfg, data, out, meta, mc, device, rank, world, train_data, val_data, model, opt, state, ck_root, dtype) -> dict:
-    T, micro = mc.block_size, cfg.batch_size // cfg.grad_accum
-    steps_per_epoch = min(len(epoch_windows(len(train_data), T, cfg.seed, e)) for e in range(min(cfg.epochs, 4))) // cfg.batch_size
-    total_steps, eval_every = cfg.epochs * steps_per_epoch, cfg.eval_every or steps_per_epoch
-    budget = parse_duration(cfg.max_time) if cfg.max_time else math.inf
-    net = model
-    if cfg.compile: net = torch.compile(model)
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        net = DDP(net, device_ids=[device.index] if device.type == 'cuda' else None)
-    tok_path = data / 'tokenizer.model'
-    save = lambda name: rank == 0 and save_checkpoint(ck_root, name, model, opt, {k: v for k, v in state.items()}, cfg, tok_path, device)
-    if rank == 0:
-        with atomic_write(out / 'metrics.jsonl') as f: f.writelines(json.dumps(m) + '\n' for m in state['metrics'])
-    _log(f'training {count_params(mc) / 1e6:.2f}M parameters on {device} ({dtype}, {world} process{"es" if world > 1 else ""}): '
-         f'{cfg.epochs} epochs x {steps_per_epoch} steps of {cfg.batch_size} x {T} tokens'
-         + (f', resuming at epoch {state["epoch"] + 1} step {state["step"]}' if state['global_step'] else ''), rank)
-    bar = _progress(total_steps, state['global_step'], cfg.progress and rank == 0)
-    t_start, t_elapsed0, stopped = time.time(), state['elapsed'], None
-    tokens_per_step = cfg.batch_size * T
-    loss_acc, last_tick, last_tokens = torch.zeros((), device=device), time.time(), state['tokens']
-    net.train()
-    with StopFlag() as flag:
-        while state['epoch'] < cfg.epochs and stopped is None:
-            order = epoch_windows(len(train_data), T, cfg.seed, state['epoch'])
-            while state['step'] < steps_per_epoch:
-                s = state['step'] * cfg.batch_size
-                rows = order[s:s + cfg.batch_size]
-                batches = []
-                for a in range(cfg.grad_accum):
-                    mine = rows[a * micro:(a + 1) * micro][rank::world]      # this process's slice
-                    x, y = get_batch(train_data, mine, T)
-                    if device.type == 'cuda': x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-                    elif device.type != 'cpu': x, y = x.to(device), y.to(device)
-                    batches.append((x, y))
-                lr = lr_at(state['global_step'], total_steps, cfg)
-                loss_acc += train_step(net, opt, batches, lr, cfg, device, dtype)
-                state['step'] += 1; state['global_step'] += 1; state['tokens'] += tokens_per_step; state['loss_count'] += 1
-                bar.update(1)
-                now = time.time()
-                if rank == 0 and cfg.progress and now - last_tick >= bar.mininterval:
-                    bar.set_postfix(loss=f'{(state["loss_sum"] + loss_acc.item()) / state["loss_count"]:.3f}', lr=f'{lr:.2e}',
-                                    tok_s=f'{(state["tokens"] - last_tokens) / (now - last_tick):,.0f}', refresh=False)
-                    last_tick, last_tokens = now, state['tokens']
-                state['elapsed'] = t_elapsed0 + time.time() - t_start
-                epoch_end = state['step'] == steps_per_epoch
-                if state['global_step'] % eval_every == 0 or epoch_end and state['epoch'] == cfg.epochs - 1:
-                    _evaluate_and_log(cfg, state, net, model, opt, val_data, meta, mc, device, dtype, loss_acc, lr, bar, rank, world, save, out)
-                    loss_acc.zero_()
-                want_stop = flag.signal is not None or state['elapsed'] >= budget or (cfg.max_steps and state['global_step'] >= cfg.max_steps)
-                if world > 1: want_stop = _any_rank(bool(want_stop), world, device)
-                if want_stop:
-                    stopped = flag.signal or ('max_time' if state['elapsed'] >= budget else 'max_steps')
-                    break
-            if state['step'] == steps_per_epoch:
-                state['epoch'] += 1; state['step'] = 0
-                if state['epoch'] % cfg.checkpoint_every == 0 or state['epoch'] == cfg.epochs:
-                    state['loss_sum'] += float(loss_acc.item()); loss_acc.zero_()
-                    save('last')
-        if stopped == 'max_time' and state['loss_count']:   # the budget ends the run: measure where it got to
-            _evaluate_and_log(cfg, state, net, model, opt, val_data, meta, mc, device, dtype, loss_acc, lr, bar, rank, world, save, out)
-            loss_acc.zero_()
-        bar.close()
-        state['loss_sum'] += float(loss_acc.item()); loss_acc.zero_()
-        if stopped is not None: save('last')
-    return _finish(cfg, out, state, model, mc, device, dtype, world, rank, stopped, total_steps)
-
-# %% ../nbs/04_training.ipynb #be237607
-def _evaluate_and_log(cfg, state, net, model, opt, val_data, meta, mc, device, dtype, loss_acc, lr, bar, rank, world, save, out):
-    "Validation loss and bits per byte; a metrics.jsonl line; the best checkpoint if it improved."
-    train_loss = (state['loss_sum'] + float(loss_acc.item())) / max(1, state['loss_count'])
-    state['loss_sum'], state['loss_count'] = 0.0, 0
-    val_loss = evaluate_loss(model, val_data, mc.block_size, cfg.batch_size, cfg.eval_batches, device, dtype)
-    m = dict(epoch=state['epoch'] + 1, step=state['global_step'], tokens=state['tokens'],
-             train_loss=round(train_loss, 5), val_loss=round(val_loss, 5),
-             val_bpb=round(bits_per_byte(val_loss, meta['val_tokens'], meta['val_bytes']), 5), lr=lr,
-             tokens_per_s=round(state['tokens'] / max(state['elapsed'], 1e-9)), elapsed=round(state['elapsed'], 2))
-    state['metrics'].append(m)
-    _log(f'epoch {m["epoch"]} step {m["step"]}: train loss {m["train_loss"]:.3f}, val loss {m["val_loss"]:.3f}, '
-         f'val {m["val_bpb"]:.3f} bits/byte', rank, bar)
-    if rank == 0:
-        with open(out / 'metrics.jsonl', 'a') as f: f.write(json.dumps(m) + '\n')
-    if state['best_val'] is None or val_loss < state['best_val']:
-        state['best_val'] = val_loss
-        save('best')
-
-# %% ../nbs/04_training.ipynb #bf259a1c
-def _finish(cfg, out, state, model, mc, device, dtype, world, rank, stopped, total_steps) -> dict:
+# %% ../nbs/04_training.ipynb #24a28fdc
+def _finish(run: RunSpec, state: LoopState, model, stopped: str | None) -> dict:
     "Write summary.json and loss.png; on a signal, say how to resume and raise KeyboardInterrupt."
-    last = state['metrics'][-1] if state['metrics'] else {}
-    tps = state['tokens'] / max(state['elapsed'], 1e-9)
-    summary = dict(status='complete' if stopped is None else f'stopped ({stopped})', epochs_done=state['epoch'],
-                   steps=state['global_step'], total_steps=total_steps, tokens=state['tokens'],
-                   elapsed_s=round(state['elapsed'], 2), tokens_per_s=round(tps), params=count_params(mc),
-                   model_flops_per_s=round(tps * flops_per_token(mc)), device=str(device), dtype=dtype, processes=world,
-                   final_train_loss=last.get('train_loss'), final_val_loss=last.get('val_loss'),
-                   final_val_bpb=last.get('val_bpb'), best_val_loss=state['best_val'],
-                   best_val_bpb=min((m['val_bpb'] for m in state['metrics']), default=None),
-                   checkpoints=str(out / 'checkpoints'))
-    if world > 1: summary['ranks_in_sync'] = ranks_in_sync(model, world, device)
-    if rank == 0:
-        with atomic_write(out / 'summary.json') as f: json.dump(summary, f, indent=1)
-        if state['metrics']: plot_losses(state['metrics'], out / 'loss.png')
+    summary, cfg = summary_of(run, state, model, stopped), run.cfg
+    if run.rank == 0:
+        with atomic_write(run.out / 'summary.json') as f: json.dump(summary, f, indent=1)
+        if state.metrics: plot_losses(state.metrics, run.out / 'loss.png')
     if stopped in ('SIGINT', 'SIGTERM'):
-        _log(f'stopped by {stopped} at epoch {state["epoch"] + 1} step {state["step"]} (step {state["global_step"]} of '
-             f'{total_steps}); saved {out / "checkpoints" / "last"}; continue with the same command plus --resume', rank)
+        _log(f'stopped by {stopped} at epoch {state.epoch + 1} step {state.step} (step {state.global_step} of '
+             f'{run.total_steps}); saved {run.ck_root / "last"}; continue with the same command plus --resume', run.rank)
         raise KeyboardInterrupt(stopped)
     if stopped == 'max_time':  # the budget counts all training so far, so the same budget would stop at once
-        _log(f'stopped at the --max-time {cfg.max_time} budget after {state["global_step"]} steps; to train on, '
-             f'add --resume with a longer budget, such as --max-time {_longer(cfg.max_time)} (or none)', rank)
+        _log(f'stopped at the --max-time {cfg.max_time} budget after {state.global_step} steps; to train on, '
+             f'add --resume with a longer budget, such as --max-time {_longer(cfg.max_time)} (or none)', run.rank)
     elif stopped:
-        _log(f'stopped at --max-steps {cfg.max_steps}; to train on, add --resume with a larger --max-steps', rank)
+        _log(f'stopped at --max-steps {cfg.max_steps}; to train on, add --resume with a larger --max-steps', run.rank)
     return summary
 
 def _longer(budget: str) -> str:
@@ -584,9 +563,57 @@ def _longer(budget: str) -> str:
     parts = [(s // 3600, 'h'), (s % 3600 // 60, 'm'), (s % 60, 's')]
     return ''.join(f'{n}{u}' for n, u in parts if n) or '1m'
 
+# %% ../nbs/04_training.ipynb #14f59333
+def _prepare_output(run: RunSpec, n_train_tokens: int) -> None:
+    "Check the checkpoint directory, the batch and the free disk before anything is trained; recover a killed save."
+    if run.rank == 0: ensure_writable_dir(run.ck_root, 'checkpoint directory', ExitCode.TRAINING); recover_checkpoints(run.ck_root)
+    if run.world > 1: _any_rank(False, run.world, run.device)  # wait for rank 0's checks
+    if run.micro % run.world:
+        raise MinillmError(f'--batch-size / --grad-accum = {run.micro} must be a multiple of the {run.world} processes')
+    n_windows, T = len(epoch_windows(n_train_tokens, run.mc.block_size, run.cfg.seed, 0)), run.mc.block_size
+    if n_windows < run.cfg.batch_size:
+        raise MinillmError(f'the training split has only {n_windows} windows of {T} tokens, fewer than '
+                           f'--batch-size {run.cfg.batch_size}; use a smaller batch or context, or more data', ExitCode.USAGE)
+    if run.rank == 0:  # last, best and one being written, each with weights and AdamW's two moments in float32
+        ensure_free_disk(run.out, 3 * 3 * 4 * count_params(run.mc) + (4 << 20), 'checkpoints', ExitCode.TRAINING)
+
+# %% ../nbs/04_training.ipynb #ab123609
+def _train_locked(run: RunSpec) -> dict:
+    "The rest of `train`, run while this process holds the output directory's lock."
+    train_data, val_data = load_shard(run.data, 'train'), load_shard(run.data, 'val')
+    _prepare_output(run, len(train_data))
+    run = plan_run(run, len(train_data))
+    model, opt, state = _setup(run)
+    state.dtype = choose_dtype(run, state, model, train_data)
+    if run.rank == 0:
+        with atomic_write(run.out / 'metrics.jsonl') as f: f.writelines(json.dumps(m) + '\n' for m in state.metrics)
+    _log(f'training {count_params(run.mc) / 1e6:.2f}M parameters on {run.device} ({state.dtype}, {run.world} '
+         f'process{"es" if run.world > 1 else ""}): {run.cfg.epochs} epochs x {run.steps_per_epoch} steps of '
+         f'{run.cfg.batch_size} x {run.mc.block_size} tokens'
+         + (f', resuming at epoch {state.epoch + 1} step {state.step}' if state.global_step else ''), run.rank)
+    s = open_session(run, model, opt, state, train_data, val_data)
+    s.net.train()
+    return _finish(run, state, model, run_epochs(run, state, s))
+
+# %% ../nbs/04_training.ipynb #402bd945
+def train(config: TrainConfig) -> dict:
+    "Train a `MiniLLM` on the token shards in `config.data_dir`; write checkpoints, metrics and a plot; return the summary."
+    cfg = config; check_config(cfg)
+    data, out = Path(cfg.data_dir or '.'), Path(cfg.out_dir or '.')
+    rank, world, device = init_distributed(pick_device(cfg.device))
+    meta = check_data(data, model_config(cfg, 1).block_size)
+    run = RunSpec(cfg, data, out, meta, model_config(cfg, meta['vocab_size']), device, rank, world)
+    if rank == 0: ensure_writable_dir(out, 'output directory', ExitCode.TRAINING)
+    with run_lock(out, ExitCode.TRAINING) if rank == 0 else contextlib.nullcontext():  # one run per directory
+        try: return _train_locked(run)
+        except OSError as e:  # a disk that fills up while metrics or the summary are written: checkpoints are safe
+            raise MinillmError(f'training stopped: {e.strerror or e}{f" ({e.filename})" if e.filename else ""}; the '
+                               f'checkpoints written so far are intact: fix that, then continue with --resume',
+                               ExitCode.TRAINING) from None
+
 # %% ../nbs/04_training.ipynb #0f50b19a
 def _run_train(args) -> int:
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
+    cfg = config_from_args(TrainConfig, args)
     try: s = train(cfg)
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
@@ -595,35 +622,16 @@ def _run_train(args) -> int:
               f'({s["tokens_per_s"]:,} tokens/s); val loss {s["final_val_loss"]}, {s["final_val_bpb"]} bits/byte -> {cfg.out_dir}')
     return 0
 
-def _field_help() -> dict[str, str]:
-    "Each TrainConfig field's trailing comment, the help text of its option."
-    import inspect
-    return dict(re.findall(r'^\s+(\w+):[^#\n]*#\s*(.+)$', inspect.getsource(TrainConfig), re.M))
-
-def add_train_options(p: argparse.ArgumentParser) -> None:
-    "The options of `minillm train`, one per `TrainConfig` field."
-    d, helps = TrainConfig(), _field_help()
-    p.add_argument('--data', dest='data_dir', required=True, help='token shards from `minillm tokenizer`')
-    p.add_argument('--out', dest='out_dir', required=True, help='output directory (checkpoints, metrics, plot)')
-    for f in fields(TrainConfig):
-        if f.name in ('data_dir', 'out_dir', 'progress'): continue
-        flag, default = '--' + f.name.replace('_', '-'), getattr(d, f.name)
-        h = helps.get(f.name, f.name.replace('_', ' '))
-        if f.name in _SHAPE: p.add_argument(flag, type=int, default=None, help=f"{h} (default: the preset's)")
-        elif isinstance(default, bool): p.add_argument(flag, action='store_true', help=h)
-        else: p.add_argument(flag, type=type(default), default=default, help=f'{h} (default {default!r})',
-                             **(dict(choices=list(MODEL_PRESETS)) if f.name == 'model' else {}))
-    p.add_argument('--quiet', dest='progress', action='store_false', help='no progress bar')
-
 def add_cli(subparsers) -> None:
-    "Register `minillm train`."
+    "Register `minillm train`: an option per `TrainConfig` field (chapter 0's `add_options`)."
     p = add_command(subparsers, 'train', _run_train, 'train a model on token shards, with checkpoints and exact resume',
                     ['minillm train --data data/tok --out runs/first --epochs 20 --batch-size 32 --learning-rate 3e-4',
                      'minillm train --data data/tok --out runs/first --resume',
                      'torchrun --nproc_per_node 4 -m minillm.training --data data/tok --out runs/ddp'])
-    add_train_options(p)
+    add_options(p, TrainConfig, flags={'data_dir': '--data', 'out_dir': '--out', 'progress': '--quiet'},
+                data_dir=dict(required=True), out_dir=dict(required=True), model=dict(choices=list(MODEL_PRESETS)))
 
 # %% ../nbs/04_training.ipynb #8b271a43
 if __name__ == '__main__' and not hasattr(sys, 'ps1') and 'ipykernel' not in sys.modules:
-    from minillm.core import CLIParser, main as _main
+    from minillm.core import main as _main
     sys.exit(_main(['train'] + sys.argv[1:]))

@@ -1,6 +1,7 @@
 import contextlib, http.server, sys, threading
 from pathlib import Path
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -8,6 +9,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def root() -> Path:
     "The repository's top folder."
     return ROOT
+
+@pytest.fixture(scope='session', autouse=True)
+def one_thread():
+    "Tests run tiny models: one thread is fastest, deterministic, and kind to other jobs on the machine."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 @pytest.fixture(scope='session')
 def venv_bin() -> Path:

@@ -3,7 +3,6 @@ import json, math, subprocess, sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from minillm.core import main
 from minillm import bench
@@ -11,14 +10,6 @@ from minillm import bench
 TEXT = ('First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n'
         'Second Citizen:\nWould you proceed especially against Caius Marcius?\n\n') * 150
 TINY = '{"vocab_size": 300, "n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 4}'
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    "One torch thread: these shapes are tiny, and on a busy machine extra threads only wait for each other."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _stats_ok(d):
@@ -51,7 +42,7 @@ def test_quality_json(quality):
 
 def test_quality_checkpoint_reloads(quality):
     "The checkpoint directory holds a model and tokenizer that reproduce the score."
-    from minillm.model import load_model
+    from minillm.checkpoint import load_model
     from minillm.tokenizer import Tokenizer
     d, q = quality
     ck = Path(q['checkpoint'])

@@ -5,22 +5,13 @@ from pathlib import Path
 
 import pytest
 from conftest import local_server  # a mirror on 127.0.0.1
+from helpers import gutenberg
 from hypothesis import given, settings, strategies as st
 
 import minillm.corpus as corpus
 from minillm.core import ExitCode, MinillmError, main
 from minillm.corpus import (DOC_SEPARATOR, CleanStats, build_corpus, clean_lines, clean_text, download_book,
                             iter_documents, read_manifest, strip_gutenberg)
-
-
-def gutenberg(body: str, title='Tiny Book', author='A. Writer', n=1) -> str:
-    "A file in the modern Project Gutenberg format around `body`."
-    return (f'\ufeffThe Project Gutenberg eBook of {title}\r\n\r\nTitle: {title}\r\n\r\nAuthor: {author}\r\n\r\n'
-            f'Release date: January 1, 2000 [eBook #{n}]\r\n\r\n'
-            f'*** START OF THE PROJECT GUTENBERG EBOOK {title.upper()} ***\r\n\r\n\r\n'
-            + body.replace('\n', '\r\n') +
-            f'\r\n\r\n\r\n*** END OF THE PROJECT GUTENBERG EBOOK {title.upper()} ***\r\n\r\n'
-            'Updated editions will replace the previous one.\r\n' + 'START: FULL LICENSE\r\n' * 50)
 
 
 BOOK1 = 'CHAPTER I\n\nIt is a truth universally acknowledged.\n\nCHAPTER II\n\nMr. Bennet was among the earliest.\n'

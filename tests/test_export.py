@@ -10,11 +10,14 @@ import pytest
 import torch
 
 from minillm.core import main, ExitCode, MinillmError
+from minillm.testing import run_cli
 from minillm.corpus import build_corpus, iter_documents
-from minillm.model import MiniLLM, ModelConfig, save_model
+from minillm.model import MiniLLM, ModelConfig
+from minillm.checkpoint import save_model
 from minillm.tokenizer import Tokenizer, train_tokenizer, encode_shards
 from minillm.training import TrainConfig, train
-from minillm.generation import load, next_tokens
+from minillm.checkpoint import load
+from minillm.generation import next_tokens
 from minillm.export import (export_hf, export_gguf, import_hf, hf_state_dict, rope_permute, gguf_name,
                             gguf_vocab, spm_model_type)
 
@@ -248,12 +251,11 @@ def test_import_round_trip(trained, hf_dir, tmp_path, val_text):
     assert (back / 'tokenizer.model').read_bytes() == (trained / 'tokenizer.model').read_bytes()
 
 
-def refusal(capsys, argv) -> tuple[int, str]:
-    "Exit code and stderr of `minillm ARGV`; the message must be one line."
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and 'Traceback' not in err, err
-    return code, err
+def refusal(argv) -> tuple[int, str]:
+    "Exit code and stderr of `minillm ARGV` (run in this process); the message must be one line."
+    code, _, err = run_cli(argv)
+    assert len(err.strip().splitlines()) == 1 and 'Traceback' not in err, err
+    return code, err.strip()
 
 
 def edited_copy(src: Path, dst: Path, **config) -> Path:
@@ -265,26 +267,26 @@ def edited_copy(src: Path, dst: Path, **config) -> Path:
     return dst
 
 
-def test_import_refuses_what_minillm_cannot_represent(hf_dir, tmp_path, capsys):
+def test_import_refuses_what_minillm_cannot_represent(hf_dir, tmp_path):
     cases = {'bias': dict(attention_bias=True), 'scaled': dict(rope_scaling={'rope_type': 'linear', 'factor': 2.0}),
              'gelu': dict(hidden_act='gelu'), 'mistral': dict(model_type='mistral'), 'headdim': dict(head_dim=16),
              'yarn': dict(rope_parameters={'rope_type': 'yarn', 'rope_theta': 10000.0, 'factor': 4.0})}
     for name, change in cases.items():
-        code, err = refusal(capsys, ['import-hf', str(edited_copy(hf_dir, tmp_path / name, **change)), '--out', str(tmp_path / f'o-{name}')])
+        code, err = refusal(['import-hf', str(edited_copy(hf_dir, tmp_path / name, **change)), '--out', str(tmp_path / f'o-{name}')])
         assert code == ExitCode.USAGE and 'cannot import' in err, (name, err)
         assert not (tmp_path / f'o-{name}').exists()
     no_tok = edited_copy(hf_dir, tmp_path / 'notok'); (no_tok / 'tokenizer.model').unlink()
-    assert refusal(capsys, ['import-hf', str(no_tok), '--out', str(tmp_path / 'o1')])[0] == ExitCode.USAGE
+    assert refusal(['import-hf', str(no_tok), '--out', str(tmp_path / 'o1')])[0] == ExitCode.USAGE
     pickled = edited_copy(hf_dir, tmp_path / 'pickled'); (pickled / 'model.safetensors').rename(pickled / 'pytorch_model.bin')
-    code, err = refusal(capsys, ['import-hf', str(pickled), '--out', str(tmp_path / 'o2')])
+    code, err = refusal(['import-hf', str(pickled), '--out', str(tmp_path / 'o2')])
     assert code == ExitCode.USAGE and 'pickle' in err
     biased = edited_copy(hf_dir, tmp_path / 'biased')  # a bias tensor the config does not announce
     from safetensors.torch import load_file, save_file
     t = load_file(str(biased / 'model.safetensors')); t['model.layers.0.self_attn.q_proj.bias'] = torch.zeros(64)
     save_file(t, str(biased / 'model.safetensors'))
-    code, err = refusal(capsys, ['import-hf', str(biased), '--out', str(tmp_path / 'o3')])
+    code, err = refusal(['import-hf', str(biased), '--out', str(tmp_path / 'o3')])
     assert code == ExitCode.USAGE and 'q_proj.bias' in err
-    assert refusal(capsys, ['import-hf', str(tmp_path / 'nowhere'), '--out', str(tmp_path / 'o4')])[0] == ExitCode.GENERATION
+    assert refusal(['import-hf', str(tmp_path / 'nowhere'), '--out', str(tmp_path / 'o4')])[0] == ExitCode.GENERATION
 
 
 # ---------------------------------------------------------------------------------------------- safety and CLI
@@ -297,36 +299,36 @@ def test_export_never_changes_the_checkpoint(trained, tmp_path):
     assert sha_tree(trained) == before
 
 
-def test_refuses_to_overwrite_without_force(trained, tmp_path, capsys):
+def test_refuses_to_overwrite_without_force(trained, tmp_path):
     full = tmp_path / 'full'; full.mkdir(); (full / 'notes.txt').write_text('mine')
-    code, err = refusal(capsys, ['export', '--checkpoint', str(trained), '--format', 'hf', '--out', str(full)])
+    code, err = refusal(['export', '--checkpoint', str(trained), '--format', 'hf', '--out', str(full)])
     assert code == ExitCode.USAGE and '--force' in err
     assert sorted(p.name for p in full.iterdir()) == ['notes.txt']
     gg = tmp_path / 'm.gguf'; gg.write_bytes(b'old')
-    code, err = refusal(capsys, ['export', '--checkpoint', str(trained), '--format', 'gguf', '--out', str(gg)])
+    code, err = refusal(['export', '--checkpoint', str(trained), '--format', 'gguf', '--out', str(gg)])
     assert code == ExitCode.USAGE and gg.read_bytes() == b'old'
-    assert main(['export', '--checkpoint', str(trained), '--format', 'gguf', '--out', str(gg), '--force']) == 0
-    assert gg.read_bytes()[:4] == b'GGUF' and 'exported' in capsys.readouterr().out
+    code, out, _ = run_cli(['export', '--checkpoint', str(trained), '--format', 'gguf', '--out', str(gg), '--force'])
+    assert code == 0 and gg.read_bytes()[:4] == b'GGUF' and 'exported' in out
     assert main(['export', '--checkpoint', str(trained), '--format', 'hf', '--out', str(full), '--force']) == 0
     assert (full / 'notes.txt').read_text() == 'mine' and (full / 'config.json').is_file()
     for out in (trained / 'x.gguf', trained):  # into the checkpoint itself: refused even with --force
         fmt = 'gguf' if out.suffix else 'hf'
-        code, err = refusal(capsys, ['export', '--checkpoint', str(trained), '--format', fmt, '--out', str(out), '--force'])
+        code, err = refusal(['export', '--checkpoint', str(trained), '--format', fmt, '--out', str(out), '--force'])
         assert code == ExitCode.USAGE and 'never change' in err
-    code, err = refusal(capsys, ['import-hf', str(full), '--out', str(full), '--force'])
+    code, err = refusal(['import-hf', str(full), '--out', str(full), '--force'])
     assert code == ExitCode.USAGE
     assert not list(tmp_path.glob('.*.tmp')) and not list(tmp_path.glob('**/.*.tmp'))
 
 
-def test_bad_checkpoint_is_exit_code_6(trained, tmp_path, capsys):
-    code, err = refusal(capsys, ['export', '--checkpoint', str(tmp_path / 'nowhere'), '--format', 'hf', '--out', str(tmp_path / 'o')])
+def test_bad_checkpoint_is_exit_code_6(trained, tmp_path):
+    code, err = refusal(['export', '--checkpoint', str(tmp_path / 'nowhere'), '--format', 'hf', '--out', str(tmp_path / 'o')])
     assert code == ExitCode.GENERATION and 'not found' in err
     broken = tmp_path / 'broken'; broken.mkdir()
     for p in trained.iterdir():
         if p.is_file(): (broken / p.name).write_bytes(p.read_bytes())
     (broken / 'model.safetensors').write_bytes(b'not safetensors')
     for fmt in ('hf', 'gguf'):
-        code, err = refusal(capsys, ['export', '--checkpoint', str(broken), '--format', fmt, '--out', str(tmp_path / f'o.{fmt}')])
+        code, err = refusal(['export', '--checkpoint', str(broken), '--format', fmt, '--out', str(tmp_path / f'o.{fmt}')])
         assert code == ExitCode.GENERATION
         assert not (tmp_path / f'o.{fmt}').exists()
     with pytest.raises(SystemExit) as e:  # argparse: a usage line and an error line
@@ -380,7 +382,7 @@ def test_other_shapes_match(data, val_text, tmp_path, shape):
     assert all(torch.equal(back.state_dict()[k], v) for k, v in m.state_dict().items())
 
 
-def test_unigram_tokenizer(data, val_text, tmp_path, capsys):
+def test_unigram_tokenizer(data, val_text, tmp_path):
     "A unigram tokenizer: transformers gets identical ids through its generic fast tokenizer; GGUF export refuses it."
     transformers = pytest.importorskip('transformers')
     tok = Tokenizer.load(train_tokenizer(data.parent / 'corpus', tmp_path / 'uni', vocab_size=1024, model_type='unigram'))
@@ -390,7 +392,7 @@ def test_unigram_tokenizer(data, val_text, tmp_path, capsys):
     (ck / 'tokenizer.model').write_bytes(tok.path.read_bytes())
     hf_tok = transformers.AutoTokenizer.from_pretrained(export_hf(ck, tmp_path / 'hf'))
     for text in TRICKY + [val_text]: assert hf_tok.encode(text) == tok.encode(text), text[:40]
-    code, err = refusal(capsys, ['export', '--checkpoint', str(ck), '--format', 'gguf', '--out', str(tmp_path / 'm.gguf')])
+    code, err = refusal(['export', '--checkpoint', str(ck), '--format', 'gguf', '--out', str(tmp_path / 'm.gguf')])
     assert code == ExitCode.USAGE and 'BPE' in err and not (tmp_path / 'm.gguf').exists()
 
 

@@ -1,15 +1,19 @@
 "Generation: loading, sampling sets, cache == no cache, streaming with byte fallback, validate, evaluate, CLI exit codes."
-import json, subprocess, sys, warnings
+import json, subprocess, sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from minillm.core import main, ExitCode, MinillmError
-from minillm.model import MiniLLM, ModelConfig, save_model
+from helpers import write_corpus
+from minillm.core import ExitCode, MinillmError
+from minillm.testing import run_cli
+from minillm.model import MiniLLM, ModelConfig
+from minillm.checkpoint import save_model
 from minillm.tokenizer import Tokenizer, train_tokenizer, encode_shards
-from minillm.generation import (load, generate, stream, filter_logits, pick_next, next_tokens, token_nll, validate,
+from minillm.checkpoint import load
+from minillm.generation import (generate, stream, filter_logits, pick_next, next_tokens, token_nll, validate,
                                 evaluate, StreamDecoder, check_report)
 
 SENTENCES = ['the cat sat on the mat and looked at the dog.', 'the dog ran to the door and barked at the cat.',
@@ -18,21 +22,11 @@ SENTENCES = ['the cat sat on the mat and looked at the dog.', 'the dog ran to th
 
 
 def make_corpus(d: Path, n: int = 600, seed: int = 0) -> Path:
-    "A corpus in chapter 1's layout (corpus.txt + manifest.json) of simple repetitive English."
+    "A corpus in chapter 1's layout of simple repetitive English: two documents of `n // 4` lines of 4 sentences."
     rng = np.random.default_rng(seed)
     docs = ['\n'.join(' '.join(SENTENCES[j].capitalize() for j in rng.integers(0, len(SENTENCES), 4)) for _ in range(n // 4))
             for _ in range(2)]
-    d.mkdir(parents=True, exist_ok=True)
-    blob, entries, off = b'', [], 0
-    for i, doc in enumerate(docs):
-        b = doc.encode(); cut = len(b) * 9 // 10; cut = b.rfind(b'\n', 0, cut) + 1
-        entries.append(dict(title=f'doc{i}', author='test', gutenberg_id=i, source='test', bytes=len(b), sha256='0',
-                            train=[off, off + cut], val=[off + cut, off + len(b)]))
-        sep = '\n\n\x1e\n\n'.encode() if i < len(docs) - 1 else b''
-        blob += b + sep; off += len(b) + len(sep)
-    (d / 'corpus.txt').write_bytes(blob)
-    (d / 'manifest.json').write_text(json.dumps(dict(cleaning_version=1, val_fraction=0.1, split='paragraph', sha256='0', documents=entries)))
-    return d
+    return write_corpus(d, docs)
 
 
 @pytest.fixture(scope='module')
@@ -241,16 +235,11 @@ def test_evaluate(trained, untrained, tmp_path):
 
 # the commands
 
-def run_main(capsys, *args):
-    code = main(list(args)); out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def test_cli_generate_streams_and_json(trained, capsys):
-    code, out, _ = run_main(capsys, 'generate', '--checkpoint', str(trained), '--prompt', 'The dog', '--max-new-tokens', '20', '--seed', '1')
+def test_cli_generate_streams_and_json(trained):
+    code, out, _ = run_cli(['generate', '--checkpoint', str(trained), '--prompt', 'The dog', '--max-new-tokens', '20', '--seed', '1'])
     assert code == 0 and len(out.strip()) > 0
-    code, out, _ = run_main(capsys, 'generate', '--checkpoint', str(trained), '--prompt', 'The dog', '--max-new-tokens', '20',
-                            '--temperature', '0', '--json')
+    code, out, _ = run_cli(['generate', '--checkpoint', str(trained), '--prompt', 'The dog', '--max-new-tokens', '20',
+                            '--temperature', '0', '--json'])
     r = json.loads(out)
     assert code == 0 and r['tokens'] == len(r['token_ids']) and r['tokens_per_s'] > 0
 
@@ -264,27 +253,27 @@ def test_cli_interactive(trained):
 @pytest.mark.parametrize('args,code,words', [
     (['--temperature', '-1'], ExitCode.USAGE, '--temperature'), (['--top-p', '0'], ExitCode.USAGE, '--top-p'),
     (['--top-k', '0'], ExitCode.USAGE, '--top-k')])
-def test_cli_bad_args(untrained, capsys, args, code, words):
-    c, _, err = run_main(capsys, 'generate', '--checkpoint', str(untrained), '--prompt', 'x', *args)
+def test_cli_bad_args(untrained, args, code, words):
+    c, _, err = run_cli(['generate', '--checkpoint', str(untrained), '--prompt', 'x', *args])
     assert c == code and words in err and len(err.strip().splitlines()) == 1
 
 
-def test_cli_missing_checkpoint(tmp_path, capsys):
-    c, _, err = run_main(capsys, 'generate', '--checkpoint', str(tmp_path / 'none'), '--prompt', 'x')
+def test_cli_missing_checkpoint(tmp_path):
+    c, _, err = run_cli(['generate', '--checkpoint', str(tmp_path / 'none'), '--prompt', 'x'])
     assert c == ExitCode.GENERATION and 'none' in err and len(err.strip().splitlines()) == 1
 
 
-def test_cli_validate_exit_codes(untrained, trained, tmp_path, capsys):
-    c, out, err = run_main(capsys, 'validate', '--checkpoint', str(untrained), '--report', str(tmp_path / 'r.json'))
+def test_cli_validate_exit_codes(untrained, trained, tmp_path):
+    c, out, err = run_cli(['validate', '--checkpoint', str(untrained), '--report', str(tmp_path / 'r.json')])
     assert c == ExitCode.VALIDATION and 'bits_per_byte' in err and (tmp_path / 'r.json').exists()
-    c, out, err = run_main(capsys, 'validate', '--checkpoint', str(trained), '--min-distinct-bigrams', '0.1')
+    c, out, err = run_cli(['validate', '--checkpoint', str(trained), '--min-distinct-bigrams', '0.1'])
     assert c == 0, err
 
 
-def test_cli_evaluate(trained, tmp_path, capsys):
+def test_cli_evaluate(trained, tmp_path):
     f = tmp_path / 't.txt'; f.write_text('The cat sat on the mat. ' * 30)
-    c, out, _ = run_main(capsys, 'evaluate', '--checkpoint', str(trained), '--text', str(f), '--json')
+    c, out, _ = run_cli(['evaluate', '--checkpoint', str(trained), '--text', str(f), '--json'])
     assert c == 0 and json.loads(out)['bits_per_byte'] > 0
     f.write_bytes(b'\xff\xfe\x00bad')
-    c, _, err = run_main(capsys, 'evaluate', '--checkpoint', str(trained), '--text', str(f))
+    c, _, err = run_cli(['evaluate', '--checkpoint', str(trained), '--text', str(f)])
     assert c == ExitCode.USAGE and 'UTF-8' in err

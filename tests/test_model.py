@@ -1,28 +1,17 @@
-"Tests of minillm.model: causality, initial loss, overfitting, dtypes, the KV cache, saving, the formulas."
+"Tests of minillm.model: causality, initial loss, overfitting, dtypes, the KV cache, the formulas."
 import json, math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from minillm.core import ExitCode, MinillmError
-from minillm.model import (MODEL_PRESETS, KVCache, MiniLLM, ModelConfig, count_params, flops_per_token,
-                           load_model, save_model)
+from minillm.model import MODEL_PRESETS, KVCache, MiniLLM, ModelConfig, count_params, flops_per_token
 
 
 def tiny(**kw):
     d = dict(vocab_size=97, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
     d.update(kw)
     return ModelConfig(**d)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    "These tensors are tiny: one thread is faster, and far faster when other processes share the cores."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture
@@ -136,38 +125,6 @@ def test_kv_cache_equals_full_recompute(n_kv_head):
         chunks = [m(idx[:, a:b], cache=cache)[0] for a, b in [(0, 1), (1, 8), (8, 11), (11, 12), (12, 32)]]
         torch.testing.assert_close(torch.cat(chunks, 1), full, atol=1e-5, rtol=1e-4)
         with pytest.raises(ValueError, match='block_size'): m(idx[:, :1], cache=cache)
-
-
-def test_save_load_round_trip_without_pickle(model, tmp_path, monkeypatch):
-    save_model(model, tmp_path / 'ckpt')
-    assert sorted(p.name for p in (tmp_path / 'ckpt').iterdir()) == ['config.json', 'model.safetensors']
-    assert json.loads((tmp_path / 'ckpt' / 'config.json').read_text()) == model.config.to_dict()
-    import pickle
-    def no_pickle(*a, **k): raise AssertionError('load_model must not unpickle')
-    monkeypatch.setattr(pickle, 'load', no_pickle)
-    monkeypatch.setattr(pickle, 'loads', no_pickle)
-    monkeypatch.setattr(torch, 'load', no_pickle)
-    loaded = load_model(tmp_path / 'ckpt')
-    assert loaded.config == model.config and not loaded.training
-    idx = torch.randint(0, 97, (2, 10))
-    with torch.no_grad(): torch.testing.assert_close(loaded(idx)[0], model(idx)[0], rtol=0, atol=0)
-    # untied heads round-trip too
-    untied = MiniLLM(tiny(tie_embeddings=False))
-    save_model(untied, tmp_path / 'untied')
-    assert load_model(tmp_path / 'untied').lm_head is not None
-
-
-def test_load_errors(model, tmp_path):
-    with pytest.raises(MinillmError, match='not found') as e: load_model(tmp_path)
-    assert e.value.exit_code == ExitCode.GENERATION
-    save_model(model, tmp_path)
-    (tmp_path / 'model.safetensors').write_bytes(b'not a safetensors file')
-    with pytest.raises(MinillmError) as e: load_model(tmp_path)
-    assert e.value.exit_code == ExitCode.GENERATION and '\n' not in str(e.value)
-    save_model(model, tmp_path)
-    cfg = model.config.to_dict(); cfg['n_embd'] = 64; cfg['n_head'] = 4
-    (tmp_path / 'config.json').write_text(json.dumps(cfg))
-    with pytest.raises(MinillmError, match='re-save'): load_model(tmp_path)
 
 
 @pytest.mark.parametrize('kw', [{}, dict(n_kv_head=1), dict(tie_embeddings=False)])

@@ -1,6 +1,6 @@
 """Chapter 6, pipeline: the papermill runner on stand-in notebooks (every exit code, the resume prompt,
 argument and prerequisite errors), real chapter failures, and one end-to-end run of the real chapters."""
-import builtins, http.server, json, lzma, os, shutil, subprocess, sys
+import builtins, http.server, json, os, shutil, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -8,19 +8,13 @@ from conftest import local_server  # a mirror on 127.0.0.1
 
 import minillm.pipeline as pl
 from minillm.core import ExitCode, MinillmError, main
+from minillm.testing import bundled_text, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT/'nbs'
 HAVE_CHAPTERS = all((NBS/p.notebook).exists() for p in pl.PHASES)
 needs_chapters = pytest.mark.skipif(not HAVE_CHAPTERS, reason='chapter notebooks 01-05 are not all in nbs/ yet')
 FAST = ['--min-free-disk', '0.01']
-
-
-def pipeline(capsys, *args):
-    "Run `minillm pipeline ARGS` in-process; return (exit code, stdout, stderr)."
-    code = main(['pipeline', *map(str, args)])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope='module')
@@ -38,9 +32,9 @@ def mixed_notebooks(folder, real=(), fail=''):
 
 # ---------------------------------------------------------------- the runner on stand-in notebooks
 
-def test_standin_run_report_and_skips(tmp_path, standins, capsys, monkeypatch):
+def test_standin_run_report_and_skips(tmp_path, standins, monkeypatch):
     run = tmp_path/'run'
-    code, out, err = pipeline(capsys, '--run-dir', run, '--notebooks', standins, '--epochs', 3, *FAST)
+    code, out, err = run_cli(['pipeline', '--run-dir', run, '--notebooks', standins, '--epochs', 3, *FAST])
     assert code == 0, err
     for p in pl.PHASES: assert (run/'notebooks'/p.notebook).exists()
     assert out.count('(started 20') == 5 and out.count(' done in ') == 5
@@ -57,18 +51,18 @@ def test_standin_run_report_and_skips(tmp_path, standins, capsys, monkeypatch):
                for c in nb['cells'])
     # a second run: checkpoints exist and there is no terminal, so it refuses ...
     monkeypatch.setattr(pl, '_interactive', lambda: False)
-    code, out, err = pipeline(capsys, '--run-dir', run, '--notebooks', standins, *FAST)
+    code, out, err = run_cli(['pipeline', '--run-dir', run, '--notebooks', standins, *FAST])
     assert code == 1 and 'no terminal to ask; pass --resume' in err and '--force-restart' in err
     # ... and with --resume, corpus and tokenizer are skipped because their inputs did not change
-    code, out, err = pipeline(capsys, '--run-dir', run, '--notebooks', standins, '--resume', *FAST)
+    code, out, err = run_cli(['pipeline', '--run-dir', run, '--notebooks', standins, '--resume', *FAST])
     assert code == 0, err
     assert 'corpus: skipped (outputs in' in out and 'tokenizer: skipped' in out
     assert json.loads((run/'summary.json').read_text())['skipped_phases'] == ['corpus', 'tokenizer']
 
 
-def test_failure_in_a_phase_maps_to_its_exit_code(tmp_path, capsys):
+def test_failure_in_a_phase_maps_to_its_exit_code(tmp_path):
     nbs = pl.make_standin_notebooks(tmp_path/'nbs', fail='model')
-    code, out, err = pipeline(capsys, '--run-dir', tmp_path/'run', '--notebooks', nbs, *FAST)
+    code, out, err = run_cli(['pipeline', '--run-dir', tmp_path/'run', '--notebooks', nbs, *FAST])
     assert code == ExitCode.TRAINING
     nb = tmp_path/'run'/'notebooks'/'03_model.ipynb'
     assert err.strip() == (f'minillm pipeline: error: stand-in model failure; nothing to do (executed notebook: '
@@ -76,11 +70,11 @@ def test_failure_in_a_phase_maps_to_its_exit_code(tmp_path, capsys):
     assert nb.exists() and 'Traceback' not in err and not (tmp_path/'run'/'notebooks'/'04_training.ipynb').exists()
 
 
-def test_a_missing_package_in_a_chapter_is_a_usage_error_with_the_install_command(tmp_path, capsys):
+def test_a_missing_package_in_a_chapter_is_a_usage_error_with_the_install_command(tmp_path):
     "A chapter that imports a package the install lacks fails as a missing prerequisite (exit 1), not as its stage."
     nbs = pl.make_standin_notebooks(tmp_path/'nbs')
     pl.make_notebook(nbs/'01_corpus.ipynb', "out_dir = ''", 'import no_such_package_xyz')
-    code, out, err = pipeline(capsys, '--run-dir', tmp_path/'run', '--notebooks', nbs, *FAST)
+    code, out, err = run_cli(['pipeline', '--run-dir', tmp_path/'run', '--notebooks', nbs, *FAST])
     assert code == ExitCode.USAGE, err
     assert "needs the Python package 'no_such_package_xyz', which is not installed" in err
     assert '-m pip install no_such_package_xyz' in err and err.count('\n') == 1 and 'Traceback' not in err
@@ -126,12 +120,12 @@ def recorded(tmp_path, standins, monkeypatch):
 
 
 @pytest.mark.parametrize('answer, code', [('y', 0), ('yes', 0), ('n', 1), ('', 1)])
-def test_resume_prompt_on_a_terminal(recorded, standins, capsys, monkeypatch, answer, code):
+def test_resume_prompt_on_a_terminal(recorded, standins, monkeypatch, answer, code):
     run, calls = recorded
     asked = []
     monkeypatch.setattr(pl, '_interactive', lambda: True)
     monkeypatch.setattr(builtins, 'input', lambda q: asked.append(q) or answer)
-    got, out, err = pipeline(capsys, '--run-dir', run, '--notebooks', standins, *FAST)
+    got, out, err = run_cli(['pipeline', '--run-dir', run, '--notebooks', standins, *FAST])
     assert asked == ['Found existing checkpoints. Resume training? [y/N] ']
     assert got == code
     if code == 0: assert calls['04_training']['resume'] is True and calls['04_training']['force_restart'] is False
@@ -139,39 +133,39 @@ def test_resume_prompt_on_a_terminal(recorded, standins, capsys, monkeypatch, an
 
 
 @pytest.mark.parametrize('flag', ['--resume', '--force-restart'])
-def test_resume_flags_need_no_terminal(recorded, standins, capsys, monkeypatch, flag):
+def test_resume_flags_need_no_terminal(recorded, standins, monkeypatch, flag):
     run, calls = recorded
     monkeypatch.setattr(pl, '_interactive', lambda: False)
     monkeypatch.setattr(builtins, 'input', lambda q: pytest.fail('asked without a terminal'))
-    code, out, err = pipeline(capsys, '--run-dir', run, '--notebooks', standins, flag, *FAST)
+    code, out, err = run_cli(['pipeline', '--run-dir', run, '--notebooks', standins, flag, *FAST])
     assert code == 0, err
     assert calls['04_training'][flag.strip('-').replace('-', '_')] is True
 
 
-def test_resume_refused_without_terminal(recorded, standins, capsys, monkeypatch):
+def test_resume_refused_without_terminal(recorded, standins, monkeypatch):
     run, calls = recorded
     monkeypatch.setattr(pl, '_interactive', lambda: False)
-    code, out, err = pipeline(capsys, '--run-dir', run, '--notebooks', standins, *FAST)
+    code, out, err = run_cli(['pipeline', '--run-dir', run, '--notebooks', standins, *FAST])
     assert code == 1 and not calls
     assert err.strip() == (f'minillm pipeline: error: found existing checkpoints in {run}/train/checkpoints and no '
                            'terminal to ask; pass --resume to continue training or --force-restart to start over')
-    code, out, err = pipeline(capsys, '--run-dir', run, '--notebooks', standins, '--resume', '--force-restart', *FAST)
-    assert code == 1 and 'contradict' in err
+    code, out, err = run_cli(['pipeline', '--run-dir', run, '--notebooks', standins, '--resume', '--force-restart', *FAST])
+    assert code == 1 and 'exclude each other' in err
 
 
-def test_interrupt_exits_130(tmp_path, standins, capsys, monkeypatch):
+def test_interrupt_exits_130(tmp_path, standins, monkeypatch):
     def interrupted(*a, **k): raise KeyboardInterrupt
     monkeypatch.setattr(pl, 'run_notebook', interrupted)
-    code, out, err = pipeline(capsys, '--run-dir', tmp_path/'run', '--notebooks', standins, *FAST)
+    code, out, err = run_cli(['pipeline', '--run-dir', tmp_path/'run', '--notebooks', standins, *FAST])
     assert code == 130 and 'interrupted during corpus' in err and '--resume' in err
 
 
-def test_parameters_reach_the_phases(recorded, standins, capsys):
+def test_parameters_reach_the_phases(recorded, standins):
     run, calls = recorded
-    code, out, err = pipeline(capsys, '--run-dir', run, '--notebooks', standins, '--force-restart', '--epochs', 5,
+    code, out, err = run_cli(['pipeline', '--run-dir', run, '--notebooks', standins, '--force-restart', '--epochs', 5,
                               '--batch-size', 8, '--learning-rate', 1e-3, '--vocab-size', 300, '--books', '11,12',
                               '--mirror', 'http://127.0.0.1:9', '--device', 'cpu', '--max-time', '10m',
-                              '--model', 'nano', '--validation-param', 'min_word_fraction=0.9', *FAST)
+                              '--model', 'nano', '--validation-param', 'min_word_fraction=0.9', *FAST])
     assert code == 0, err
     r = str(run.resolve())
     assert calls['01_corpus'] == dict(out_dir=f'{r}/corpus', books='11,12', mirror='http://127.0.0.1:9')
@@ -232,7 +226,7 @@ def test_help_shows_defaults_and_examples(capsys):
     ('kernel', [], 'no Jupyter kernel for the notebooks'),
     ('skip', ['--skip-corpus'], '--skip-corpus: no intact corpus'),
 ])
-def test_prerequisites(setup, args, message, tmp_path, standins, capsys, monkeypatch):
+def test_prerequisites(setup, args, message, tmp_path, standins, monkeypatch):
     run = tmp_path/'run'
     if setup == 'file': run.write_text('not a directory')
     if setup == 'package': monkeypatch.setattr(pl, 'REQUIRED_PACKAGES', ['numpy', 'no_such_package_xyz'])
@@ -243,7 +237,7 @@ def test_prerequisites(setup, args, message, tmp_path, standins, capsys, monkeyp
         monkeypatch.setattr(KernelSpecManager, 'get_kernel_spec', missing)
     ran = []
     monkeypatch.setattr(pl, 'run_notebook', lambda *a, **k: ran.append(a))
-    code, out, err = pipeline(capsys, '--run-dir', run, '--notebooks', standins, *FAST, *args)
+    code, out, err = run_cli(['pipeline', '--run-dir', run, '--notebooks', standins, *FAST, *args])
     assert code == 1 and message in err and not ran, err
     assert err.count('\n') == 1 and 'Traceback' not in err
 
@@ -254,8 +248,7 @@ BOOK = None
 
 def tiny_book(lines: int = 1000) -> bytes:
     "About `lines` lines of the bundled Shakespeare, as one plain-text book."
-    text = lzma.open(sorted((ROOT/'minillm'/'data').glob('*.txt.xz'))[0]).read().decode()
-    return '\n'.join(text.splitlines()[:lines]).encode()
+    return '\n'.join(bundled_text().splitlines()[:lines]).encode()
 
 
 class Mirror(http.server.BaseHTTPRequestHandler):
@@ -282,10 +275,10 @@ def closed_port() -> int:
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
-def test_unreachable_mirror_is_exit_2(tmp_path, capsys):
+def test_unreachable_mirror_is_exit_2(tmp_path):
     nbs = mixed_notebooks(tmp_path/'nbs', real={'corpus'})
     mirror = f'http://127.0.0.1:{closed_port()}'
-    code, out, err = pipeline(capsys, '--run-dir', tmp_path/'run', '--notebooks', nbs, '--books', 1, '--mirror', mirror, *FAST)
+    code, out, err = run_cli(['pipeline', '--run-dir', tmp_path/'run', '--notebooks', nbs, '--books', 1, '--mirror', mirror, *FAST])
     assert code == ExitCode.CORPUS, err
     last = err.strip().splitlines()[-1]  # before it: what the notebook itself printed on stderr
     assert last.startswith('minillm pipeline: error: cannot reach') and mirror in last
@@ -312,10 +305,10 @@ def copy_run(src, dest, parts=('corpus', 'data', 'pipeline_state.json')):
     return dest
 
 
-def test_impossible_vocab_size_is_exit_3(tmp_path, capsys, prepared):
+def test_impossible_vocab_size_is_exit_3(tmp_path, prepared):
     run = copy_run(prepared, tmp_path/'run', ['corpus'])
     nbs = mixed_notebooks(tmp_path/'nbs', real={'tokenizer'})
-    code, out, err = pipeline(capsys, '--run-dir', run, '--notebooks', nbs, '--skip-corpus', '--vocab-size', 60000, *FAST)
+    code, out, err = run_cli(['pipeline', '--run-dir', run, '--notebooks', nbs, '--skip-corpus', '--vocab-size', 60000, *FAST])
     assert code == ExitCode.TOKENIZER, err
     assert f'corpus: skipped (--skip-corpus: reusing {run}/corpus)' in out
     last = err.strip().splitlines()[-1]
@@ -323,12 +316,12 @@ def test_impossible_vocab_size_is_exit_3(tmp_path, capsys, prepared):
     assert last.endswith(f'(executed notebook: {run}/notebooks/02_tokenizer.ipynb)')
 
 
-def test_unwritable_checkpoint_dir_is_exit_4(tmp_path, capsys, prepared):
+def test_unwritable_checkpoint_dir_is_exit_4(tmp_path, prepared):
     run = copy_run(prepared, tmp_path/'run')
     (run/'train').mkdir(); (run/'train'/'checkpoints').write_text('a file where the checkpoints should go')
     nbs = mixed_notebooks(tmp_path/'nbs', real={'training'})
-    code, out, err = pipeline(capsys, '--run-dir', run, '--notebooks', nbs, '--skip-corpus', '--vocab-size', 512,
-                              '--epochs', 1, '--model', 'tiny', *FAST)
+    code, out, err = run_cli(['pipeline', '--run-dir', run, '--notebooks', nbs, '--skip-corpus', '--vocab-size', 512,
+                              '--epochs', 1, '--model', 'tiny', *FAST])
     assert code == ExitCode.TRAINING, err
     assert 'corpus: skipped' in out and 'tokenizer: skipped (outputs in' in out  # copied with its fingerprint
     last = err.strip().splitlines()[-1]
@@ -377,18 +370,18 @@ def test_end_to_end(e2e):
     assert '![loss curve](train/loss.png)' in report and (run/'train'/'loss.png').exists() and '## Samples' in report
     assert f'report: {run}/report.md' in r.stdout and '\nsample: ' in r.stdout
     assert '=== [4/5] training' in r.stdout and 'training done in' in r.stdout
-    from minillm.generation import generate, load
+    from minillm.checkpoint import load
     model, tok = load(run/'train')
     assert model.config.vocab_size == tok.vocab_size == 512
 
 
 @needs_thresholds
-def test_unmeetable_validation_is_exit_5(e2e, tmp_path, capsys):
+def test_unmeetable_validation_is_exit_5(e2e, tmp_path):
     run = copy_run(e2e[0], tmp_path/'run', ['corpus', 'data', 'train', 'pipeline_state.json'])
     nbs = mixed_notebooks(tmp_path/'nbs', real={'validation'})
     pl.make_notebook(nbs/'04_training.ipynb', notebook_parameters(nbs/'04_training.ipynb'), 'pass')  # keep the checkpoint
-    code, out, err = pipeline(capsys, '--run-dir', run, '--notebooks', nbs, '--skip-corpus', '--vocab-size', 512, '--resume',
-                              *LOOSE, '--validation-param', 'min_word_fraction=1.01', *FAST)  # the last value wins
+    code, out, err = run_cli(['pipeline', '--run-dir', run, '--notebooks', nbs, '--skip-corpus', '--vocab-size', 512, '--resume',
+                              *LOOSE, '--validation-param', 'min_word_fraction=1.01', *FAST])  # the last value wins
     assert code == ExitCode.VALIDATION, err
     last = err.strip().splitlines()[-1]
     assert last.startswith('minillm pipeline: error: validation failed: real_words ') and '(needs >= 1.01)' in last
@@ -401,17 +394,17 @@ def test_unmeetable_validation_is_exit_5(e2e, tmp_path, capsys):
     (None, 'validation wrote no report to'),
     ({'passed': False, 'failed': ['real_words']}, 'validation failed: real_words (report: '),
 ])
-def test_validation_must_leave_a_passing_report(report, message, tmp_path, capsys):
+def test_validation_must_leave_a_passing_report(report, message, tmp_path):
     nbs = pl.make_standin_notebooks(tmp_path/'nbs')
     body = f"import json; from pathlib import Path; Path(report_path).write_text(json.dumps({report!r}))" if report else 'pass'
     pl.make_notebook(nbs/'05_generation.ipynb', notebook_parameters(nbs/'05_generation.ipynb'), body)
-    code, out, err = pipeline(capsys, '--run-dir', tmp_path/'run', '--notebooks', nbs, *FAST)
+    code, out, err = run_cli(['pipeline', '--run-dir', tmp_path/'run', '--notebooks', nbs, *FAST])
     assert code == ExitCode.VALIDATION and message in err, err
     assert not (tmp_path/'run'/'report.md').exists()
 
 
 def test_sigterm_reaches_the_training_notebook_which_saves_then_exit_130(tmp_path):
-    import signal, time
+    import signal
     nbs = pl.make_standin_notebooks(tmp_path/'nbs')
     body = ("import time\nfrom pathlib import Path\nprint('training', flush=True)\n"
             "try: time.sleep(60)\nexcept KeyboardInterrupt:\n"

@@ -1,36 +1,18 @@
 """Chapter 2, tokenizer: exact round trip for any text, shards that match their corpus and tokenizer,
 and one-line errors with exit code 3 (or 1 for a missing prerequisite) for bad input."""
-import contextlib, io, json, random, subprocess, sys
+import json, subprocess, sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from minillm.core import ExitCode, MinillmError, main, sha256_file
+from helpers import english
+from minillm.core import ExitCode, MinillmError, sha256_file
 from minillm.corpus import build_corpus, iter_documents
+from minillm.testing import run_cli
 from minillm.tokenizer import (DEFAULT_VOCAB_SIZE, N_RESERVED, Tokenizer, check_shards, encode_shards, load_shard,
                                read_meta, train_tokenizer, training_lines)
-
-WORDS = ('the of and to a in that it was he his with as for had you not be her on at by which have or '
-         'from this him but all she they were my are me one their so an said them we who would been will '
-         'no when there if more out up into do any your what has man could other than our some very time '
-         'upon about may its only now like little then can should made did us such great before must two '
-         'these see know over much down after first good men own never most old shall day where those came '
-         'come himself way work life without go make well through being long say might how am too even '
-         'king lord heaven earth house night love father mother city river garden voice light darkness').split()
-
-
-def fake_book(seed: int, n_words: int = 12_000) -> str:
-    "Deterministic English-like text: sentences in paragraphs, with punctuation and capitals."
-    rng, paras = random.Random(seed), []
-    while sum(len(p) for p in paras) < n_words * 5:
-        sents = []
-        for _ in range(rng.randint(2, 6)):
-            ws = rng.choices(WORDS, k=rng.randint(4, 16))
-            sents.append(' '.join(ws).capitalize() + rng.choice('.!?;'))
-        paras.append(' '.join(sents))
-    return '\n\n'.join(paras) + '\n'
 
 
 @pytest.fixture(scope='module')
@@ -38,7 +20,7 @@ def corpus(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp('corpus')
     files = []
     for i in range(3):
-        text = fake_book(i)
+        text = english(i)
         if i == 2: text += '\n\n' + 'Zanzibarquux ' * 400 + '\n'  # the tail of this book is validation
         (d/f'book{i}.txt').write_text(text); files.append(d/f'book{i}.txt')
     build_corpus(d/'c', files=files, progress=False)
@@ -55,12 +37,6 @@ def data(corpus, tmp_path_factory) -> Path:
 @pytest.fixture(scope='module')
 def tok(data) -> Tokenizer:
     return Tokenizer.load(data)
-
-
-def run_cli(*args) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()): code = main(list(map(str, args)))
-    return code, err.getvalue()
 
 
 # ---- the tokenizer ---------------------------------------------------------------------------------
@@ -162,27 +138,27 @@ def test_truncated_shard_is_caught(data, tmp_path):
 # ---- bad input through the command line -------------------------------------------------------------
 
 def test_cli_trains_and_encodes(corpus, tmp_path):
-    code, err = run_cli('tokenizer', '--corpus', corpus, '--vocab-size', 500, '--out', tmp_path, '--quiet')
+    code, _, err = run_cli(['tokenizer', '--corpus', corpus, '--vocab-size', 500, '--out', tmp_path, '--quiet'])
     assert code == 0, err
     assert {p.name for p in tmp_path.iterdir()} >= {'tokenizer.model', 'train.bin', 'val.bin', 'meta.json'}
     assert check_shards(tmp_path, tmp_path)['vocab_size'] == 500
 
 
 def test_missing_corpus(tmp_path):
-    code, err = run_cli('tokenizer', '--corpus', tmp_path/'nope', '--out', tmp_path/'o')
+    code, _, err = run_cli(['tokenizer', '--corpus', tmp_path/'nope', '--out', tmp_path/'o'])
     assert code == ExitCode.USAGE and 'no corpus in' in err and err.count('\n') == 1
 
 
 def test_empty_corpus(tmp_path):
     (tmp_path/'corpus.txt').write_text('')
     (tmp_path/'manifest.json').write_text(json.dumps({'documents': []}))
-    code, err = run_cli('tokenizer', '--corpus', tmp_path, '--out', tmp_path/'o')
+    code, _, err = run_cli(['tokenizer', '--corpus', tmp_path, '--out', tmp_path/'o'])
     assert code == ExitCode.TOKENIZER and 'no training text' in err and err.count('\n') == 1
 
 
 def test_vocab_too_large_says_the_largest(corpus, tmp_path):
     (tmp_path/'tokenizer.model').write_bytes(b'keep me')
-    code, err = run_cli('tokenizer', '--corpus', corpus, '--vocab-size', 50_000, '--out', tmp_path)
+    code, _, err = run_cli(['tokenizer', '--corpus', corpus, '--vocab-size', 50_000, '--out', tmp_path])
     assert code == ExitCode.TOKENIZER and err.count('\n') == 1, err
     largest = int(err.split('at most ')[1].split()[0])
     assert N_RESERVED < largest < 50_000
@@ -191,7 +167,7 @@ def test_vocab_too_large_says_the_largest(corpus, tmp_path):
 
 
 def test_vocab_below_reserved(corpus, tmp_path):
-    code, err = run_cli('tokenizer', '--corpus', corpus, '--vocab-size', 100, '--out', tmp_path)
+    code, _, err = run_cli(['tokenizer', '--corpus', corpus, '--vocab-size', 100, '--out', tmp_path])
     assert code == ExitCode.TOKENIZER and '261 ids are reserved' in err
 
 

@@ -1,67 +1,39 @@
 "Training: layout, exact resume after SIGTERM / SIGKILL / a step limit, DDP on 2 CPU processes, every bad input."
-import hashlib, json, os, shutil, signal, subprocess, sys, time
+import json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
+from helpers import ENV, run_process, same_weights, weights
 from minillm.core import main, ExitCode
+from minillm.testing import TRAIN_ARGS, run_cli, write_shards
 from minillm.training import TrainConfig, train
 
-torch.set_num_threads(1)  # tiny models run fastest and deterministically on one thread, beside other jobs
+TINY = [*TRAIN_ARGS, '--warmup', '10', '--learning-rate', '3e-3', '--eval-batches', '2']  # the bad inputs' tiny model, learning
+
 VOCAB = 64
-TINY = ['--model', 'tiny', '--n-layer', '1', '--n-embd', '32', '--n-head', '2', '--block-size', '16',
-        '--batch-size', '8', '--dtype', 'float32', '--device', 'cpu', '--warmup', '10', '--learning-rate', '3e-3',
-        '--eval-batches', '2', '--quiet']
-ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONUNBUFFERED='1')
-
-
-def make_shards(d: Path, n_train: int = 4000, n_val: int = 600, seed: int = 0, tokenizer: bytes = b'fake tokenizer') -> Path:
-    "Token shards in the format of chapter 2 (uint16 .bin + meta.json + tokenizer.model), from a learnable sequence."
-    d.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    nxt = rng.integers(0, VOCAB, (VOCAB, 2))                     # each token has two likely successors
-    toks = [0]
-    for _ in range(n_train + n_val - 1): toks.append(int(nxt[toks[-1], rng.integers(2)]) if rng.random() > .1 else int(rng.integers(VOCAB)))
-    arr = np.array(toks, dtype=np.uint16)
-    arr[:n_train].tofile(d / 'train.bin'); arr[n_train:].tofile(d / 'val.bin')
-    (d / 'tokenizer.model').write_bytes(tokenizer)
-    meta = dict(vocab_size=VOCAB, dtype='uint16', train_tokens=n_train, val_tokens=n_val, train_bytes=3 * n_train,
-                val_bytes=3 * n_val, tokenizer_sha256=hashlib.sha256(tokenizer).hexdigest(), corpus_sha256='0' * 64,
-                corpus_dir='none')
-    (d / 'meta.json').write_text(json.dumps(meta))
-    return d
 
 
 @pytest.fixture(scope='module')
 def shards(tmp_path_factory) -> Path:
-    return make_shards(tmp_path_factory.mktemp('shards'))
+    "Chapter 2's format, of a learnable sequence of 64 token ids (minillm.testing.write_shards)."
+    return write_shards(tmp_path_factory.mktemp('shards'), tokenizer=b'fake tokenizer')
 
 
 @pytest.fixture(scope='module')
 def big_shards(tmp_path_factory) -> Path:
     "Enough tokens that an interrupted run is still running when the signal arrives."
-    return make_shards(tmp_path_factory.mktemp('big'), n_train=40000)
-
-
-def weights(run: Path, name: str = 'last') -> dict:
-    return load_file(str(run / 'checkpoints' / name / 'model.safetensors'))
+    return write_shards(tmp_path_factory.mktemp('big'), n_train=40000)
 
 
 def assert_same_weights(a: dict, b: dict):
-    assert a.keys() == b.keys()
-    for k in a: assert torch.equal(a[k], b[k]), f'{k} differs'
+    assert same_weights(a, b), [k for k in a if k not in b or not torch.equal(a[k], b[k])]
 
 
 def cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, '-m', 'minillm', 'train', *args], env=ENV, capture_output=True, text=True, timeout=300)
-
-
-def run_main(capsys, *args) -> tuple[int, str]:
-    code = main(['train', *args])
-    return code, capsys.readouterr().err
+    return run_process('train', *args)
 
 
 # --- a normal run -------------------------------------------------------------------------------------------
@@ -84,7 +56,7 @@ def test_train_layout_and_learning(shards, tmp_path):
     assert metrics[-1]['val_loss'] < metrics[0]['val_loss'] - 0.5          # it learned the bigram structure
     assert metrics[-1]['val_loss'] < np.log(VOCAB) - 1
     assert s['best_val_loss'] == min(m['val_loss'] for m in metrics) or abs(s['best_val_loss'] - min(m['val_loss'] for m in metrics)) < 1e-4
-    from minillm.model import load_model
+    from minillm.checkpoint import load_model
     model = load_model(out / 'checkpoints' / 'best')
     assert model.config.n_embd == 32 and model.config.vocab_size == VOCAB
 
@@ -193,7 +165,7 @@ def test_ddp_two_cpu_processes(shards, tmp_path):
     assert s['processes'] == 2 and s['ranks_in_sync'] is True and s['status'] == 'complete'
     metrics = [json.loads(l) for l in (out / 'metrics.jsonl').read_text().splitlines()]
     assert metrics[-1]['val_loss'] < metrics[0]['val_loss'] - 0.3
-    from minillm.model import load_model
+    from minillm.checkpoint import load_model
     model = load_model(out / 'checkpoints' / 'last')                       # loads in a single process
     x = torch.randint(0, VOCAB, (1, 8))
     assert model(x)[0].shape == (1, 8, VOCAB)
@@ -203,30 +175,30 @@ def test_ddp_two_cpu_processes(shards, tmp_path):
 
 @pytest.mark.parametrize('flag,value', [('--epochs', '0'), ('--batch-size', '-1'), ('--learning-rate', '0'),
                                         ('--block-size', '0'), ('--grad-accum', '0'), ('--checkpoint-every', '0')])
-def test_bad_numbers(shards, tmp_path, capsys, flag, value):
-    code, err = run_main(capsys, *TINY, '--data', str(shards), '--out', str(tmp_path / 'o'), flag, value)
+def test_bad_numbers(shards, tmp_path, flag, value):
+    code, _, err = run_cli(['train', *TINY, '--data', str(shards), '--out', str(tmp_path / 'o'), flag, value])
     assert code == ExitCode.USAGE and f'{flag} must be positive' in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / 'o').exists()                                  # nothing written
 
 
-def test_block_size_longer_than_val(shards, tmp_path, capsys):
-    code, err = run_main(capsys, *TINY, '--data', str(shards), '--out', str(tmp_path / 'o'), '--block-size', '600')
+def test_block_size_longer_than_val(shards, tmp_path):
+    code, _, err = run_cli(['train', *TINY, '--data', str(shards), '--out', str(tmp_path / 'o'), '--block-size', '600'])
     assert code == ExitCode.USAGE and 'longer than the validation split' in err
 
 
-def test_missing_and_truncated_shards(shards, tmp_path, capsys):
-    code, err = run_main(capsys, *TINY, '--data', str(tmp_path / 'nothing'), '--out', str(tmp_path / 'o'))
+def test_missing_and_truncated_shards(shards, tmp_path):
+    code, _, err = run_cli(['train', *TINY, '--data', str(tmp_path / 'nothing'), '--out', str(tmp_path / 'o')])
     assert code == ExitCode.TRAINING and 'meta.json is missing' in err
     bad = tmp_path / 'bad'; shutil.copytree(shards, bad)
     (bad / 'val.bin').write_bytes((bad / 'val.bin').read_bytes()[:100])
-    code, err = run_main(capsys, *TINY, '--data', str(bad), '--out', str(tmp_path / 'o'))
+    code, _, err = run_cli(['train', *TINY, '--data', str(bad), '--out', str(tmp_path / 'o')])
     assert code == ExitCode.TRAINING and 'val.bin' in err and 'truncated' in err
 
 
-def test_shards_from_another_tokenizer(shards, tmp_path, capsys):
+def test_shards_from_another_tokenizer(shards, tmp_path):
     other = tmp_path / 'other'; shutil.copytree(shards, other)
     (other / 'tokenizer.model').write_bytes(b'another tokenizer')
-    code, err = run_main(capsys, *TINY, '--data', str(other), '--out', str(tmp_path / 'o'))
+    code, _, err = run_cli(['train', *TINY, '--data', str(other), '--out', str(tmp_path / 'o')])
     assert code == ExitCode.TRAINING and 'another tokenizer' in err
 
 
@@ -245,39 +217,36 @@ def finished_run(_finished, tmp_path) -> Path:
 
 
 @pytest.mark.parametrize('victim', ['model.safetensors', 'optimizer.safetensors', 'state.json'])
-def test_corrupt_checkpoint_names_the_file(shards, finished_run, capsys, victim):
-    capsys.readouterr()
+def test_corrupt_checkpoint_names_the_file(shards, finished_run, victim):
     f = finished_run / 'checkpoints' / 'last' / victim
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-    code, err = run_main(capsys, *TINY, '--data', str(shards), '--out', str(finished_run), '--epochs', '2', '--resume')
+    code, _, err = run_cli(['train', *TINY, '--data', str(shards), '--out', str(finished_run), '--epochs', '2', '--resume'])
     assert code == ExitCode.TRAINING and victim in err and 'corrupt or truncated' in err
 
 
-def test_model_mismatch_on_resume(shards, finished_run, capsys):
-    capsys.readouterr()
-    code, err = run_main(capsys, *TINY, '--data', str(shards), '--out', str(finished_run), '--resume', '--n-embd', '64')
+def test_model_mismatch_on_resume(shards, finished_run):
+    code, _, err = run_cli(['train', *TINY, '--data', str(shards), '--out', str(finished_run), '--resume', '--n-embd', '64'])
     assert code == ExitCode.TRAINING and 'another model shape' in err and 'n_embd 32 -> 64' in err
 
 
-def test_existing_checkpoints_refused_without_a_terminal(shards, finished_run, capsys):
-    capsys.readouterr()
+def test_existing_checkpoints_refused_without_a_terminal(shards, finished_run):
     before = (finished_run / 'checkpoints' / 'last' / 'model.safetensors').read_bytes()
-    code, err = run_main(capsys, *TINY, '--data', str(shards), '--out', str(finished_run))
+    code, _, err = run_cli(['train', *TINY, '--data', str(shards), '--out', str(finished_run)])
     assert code == ExitCode.USAGE and '--resume' in err and '--force-restart' in err
     assert (finished_run / 'checkpoints' / 'last' / 'model.safetensors').read_bytes() == before
     assert main(['train', *TINY, '--data', str(shards), '--out', str(finished_run), '--force-restart', '--epochs', '1']) == 0
 
 
-def test_unwritable_output_dir(shards, tmp_path, capsys):
+def test_unwritable_output_dir(shards, tmp_path):
     blocker = tmp_path / 'file'; blocker.write_text('x')
-    code, err = run_main(capsys, *TINY, '--data', str(shards), '--out', str(blocker / 'sub'))
+    code, _, err = run_cli(['train', *TINY, '--data', str(shards), '--out', str(blocker / 'sub')])
     assert code == ExitCode.TRAINING and 'not writable' in err
 
 
-def test_not_enough_disk(shards, tmp_path, capsys, monkeypatch):
+def test_not_enough_disk(shards, tmp_path, monkeypatch):
     import minillm.core, collections
     Usage = collections.namedtuple('Usage', 'total used free')
     monkeypatch.setattr(minillm.core.shutil, 'disk_usage', lambda p: Usage(10**9, 10**9 - 1000, 1000))
-    code, err = run_main(capsys, *TINY, '--data', str(shards), '--out', str(tmp_path / 'o'), '--epochs', '1')
+    code, _, err = run_cli(['train', *TINY, '--data', str(shards), '--out', str(tmp_path / 'o'), '--epochs', '1'])
     assert code == ExitCode.TRAINING and 'not enough free disk' in err
     assert not any((tmp_path / 'o' / 'checkpoints').glob('*'))            # no half-written checkpoint left
