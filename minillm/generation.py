@@ -16,14 +16,15 @@ import torch.nn.functional as F
 from .core import MinillmError, ExitCode, add_command, add_options, atomic_write, config_from_args
 from .model import MiniLLM
 from .checkpoint import find_checkpoint, load
+from .ngram import baseline_bpb
 from .tokenizer import Tokenizer, check_shards, read_meta, load_shard
 
 # %% auto #0
-__all__ = ['WORD', 'VALIDATE_PROMPTS', 'check_sampling', 'filter_logits', 'penalize_repeats', 'pick_next', 'next_tokens',
-           'StreamDecoder', 'StopScanner', 'stream', 'generate', 'token_nll', 'unigram_bits', 'words_of',
+__all__ = ['WORD', 'VALIDATE_PROMPTS', 'BASELINES', 'THRESHOLDS', 'check_sampling', 'filter_logits', 'penalize_repeats',
+           'pick_next', 'next_tokens', 'StreamDecoder', 'StopScanner', 'stream', 'generate', 'token_nll', 'words_of',
            'distinct_bigrams', 'reference_bigrams', 'validation_inputs', 'corpus_words', 'score_split',
-           'CheckpointOptions', 'ValidateConfig', 'validate', 'check_report', 'evaluate', 'GenerateConfig',
-           'EvaluateConfig', 'add_cli']
+           'CheckpointOptions', 'ValidateConfig', 'bpb_check', 'changed_thresholds', 'sample_checks', 'validate',
+           'check_report', 'evaluate', 'GenerateConfig', 'EvaluateConfig', 'add_cli']
 
 # %% ../nbs/05_generation.ipynb #90bf3c7b
 def check_sampling(temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
@@ -198,11 +199,6 @@ def token_nll(model: MiniLLM, ids, stride: int | None = None, batch_size: int = 
     return torch.cat(out).numpy()
 
 # %% ../nbs/05_generation.ipynb #30eb46a0
-def unigram_bits(train_ids, ids, vocab_size: int) -> np.ndarray:
-    "Bits of each token of `ids` under token frequencies counted in `train_ids` (add-one smoothing)."
-    counts = np.bincount(np.asarray(train_ids, dtype=np.int64), minlength=vocab_size)[:vocab_size] + 1.0
-    return -np.log2(counts / counts.sum())[np.asarray(ids, dtype=np.int64)]
-
 WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")  # runs of letters, with inner apostrophes (don't, o'clock)
 
 def words_of(text: str) -> list[str]: return [w.lower() for w in WORD.findall(text)]
@@ -249,17 +245,21 @@ def corpus_words(tok: Tokenizer, data_dir: Path, corpus_dir: Path | None) -> tup
     return set(words_of(text)), f'{data_dir / "train.bin"} (decoded)'
 
 # %% ../nbs/05_generation.ipynb #9760ca06
-def score_split(model: MiniLLM, tok: Tokenizer, data_dir: Path, max_tokens: int = 20_000) -> dict:
-    "Bits per byte of the model and of the unigram baseline on (the first `max_tokens` tokens of) the val shard."
+BASELINES = {1: 'unigram', 2: 'bigram', 3: 'trigram'}  # chapter 3's Kneser-Ney counting models
+
+def score_split(model: MiniLLM, tok: Tokenizer, data_dir: Path, max_tokens: int = 0) -> dict:
+    "Bits per byte of the model and of the counting baselines on the validation shard (all of it by default)."
     meta, val = read_meta(data_dir), load_shard(data_dir, 'val')
-    ids = np.asarray(val[:max_tokens + 1], dtype=np.int64) if max_tokens else np.asarray(val, dtype=np.int64)
-    if len(ids) < 2: raise MinillmError(f'validation shard {data_dir / "val.bin"} is empty; re-encode a bigger corpus', ExitCode.USAGE)
+    ids = np.asarray(val[:max_tokens + 1] if max_tokens else val, dtype=np.int64)
+    if len(ids) < 2:
+        raise MinillmError(f'validation shard {data_dir / "val.bin"} is empty; re-encode a bigger corpus', ExitCode.USAGE)
     # bytes of the text the scored tokens stand for: the meta's count for the whole split, else decoded
     n_bytes = meta['val_bytes'] if len(ids) == len(val) else len(tok.decode(ids[1:].tolist()).encode())
     model_bits = token_nll(model, ids).sum() / math.log(2)
-    base_bits = unigram_bits(load_shard(data_dir, 'train'), ids[1:], model.config.vocab_size).sum()
-    return dict(val_tokens_scored=len(ids) - 1, val_bytes_scored=n_bytes,
-                val_bpb=round(float(model_bits / n_bytes), 4), unigram_bpb=round(float(base_bits / n_bytes), 4))
+    # the baselines are counted on this run's own training tokens and score the very same tokens
+    base = baseline_bpb(load_shard(data_dir, 'train'), ids, n_bytes, model.config.vocab_size, tuple(BASELINES))
+    return dict(val_tokens_scored=len(ids) - 1, val_bytes_scored=n_bytes, val_bpb=round(float(model_bits / n_bytes), 4),
+                baselines={BASELINES[n]: round(b, 4) for n, b in base.items()})
 
 # %% ../nbs/05_generation.ipynb #65baf3c2
 @dataclass
@@ -274,7 +274,7 @@ class ValidateConfig(CheckpointOptions):
     data_dir: str | None = None        # token shards (default: the checkpoint's train_config.json data_dir)
     corpus_dir: str | None = None      # cleaned corpus for the word list (default: the shards' meta.json corpus_dir)
     report_path: str | None = None     # write the JSON report here
-    max_bpb_ratio: float = 0.85        # val bits per byte must be <= this x the unigram baseline
+    max_bpb_ratio: float = 0.95        # bits per byte on the validation text must be <= this x the best counting baseline
     min_word_fraction: float = 0.8     # generated words found in the corpus, at least
     min_distinct_bigrams: float = 0.5  # distinct word bigrams / all in the samples, at least this x the same ratio of validation text in chunks of the same word counts
     n_samples: int = 6                 # texts to sample
@@ -282,7 +282,7 @@ class ValidateConfig(CheckpointOptions):
     seed: int = 0                      # sampling seed
     temperature: float = 0.8           # sampling temperature of the samples
     top_k: int | None = 50             # the samples draw from the k most likely tokens
-    max_tokens: int = 20_000           # validation tokens scored at most; 0: all of them
+    max_tokens: int = 0                # validation tokens scored at most; 0: all of them
 
 # %% ../nbs/05_generation.ipynb #06779712
 def _write_json(obj, path) -> None:
@@ -290,9 +290,39 @@ def _write_json(obj, path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as f: json.dump(obj, f, indent=1)
 
+# %% ../nbs/05_generation.ipynb #e22e2fec
+THRESHOLDS = ('max_bpb_ratio', 'min_word_fraction', 'min_distinct_bigrams')
+
+def bpb_check(scores: dict, ratio: float) -> dict:
+    "The model's bits per byte against the best counting baseline, which it must beat by the factor `ratio`."
+    name, best = min(scores['baselines'].items(), key=lambda kv: kv[1])
+    threshold = round(ratio * best, 4)
+    return dict(value=scores['val_bpb'], threshold=threshold, passed=bool(scores['val_bpb'] <= threshold),
+                rule=f'bits per byte of the validation text <= {ratio} x the best counting baseline ({name}, {best})')
+
+def changed_thresholds(cfg: ValidateConfig) -> dict:
+    "The thresholds of `cfg` that differ from their defaults, as {name: [value, default]}: a report shows them."
+    d = ValidateConfig()
+    return {n: [getattr(cfg, n), getattr(d, n)] for n in THRESHOLDS if getattr(cfg, n) != getattr(d, n)}
+
+# %% ../nbs/05_generation.ipynb #3b37c67b
+def sample_checks(samples: list[str], vocab: set[str], val_text: str, cfg: ValidateConfig) -> dict:
+    "Checks on the samples: most words are real, and word pairs repeat no more than in real text (no loops)."
+    words = [w for s in samples for w in words_of(s)]
+    found = round(sum(w in vocab for w in words) / len(words), 4) if words else 0.0
+    ref = reference_bigrams(val_text, [len(words_of(s)) for s in samples])
+    distinct, need = round(distinct_bigrams(samples), 4), round(cfg.min_distinct_bigrams * ref, 4)
+    return {'real_words': dict(value=found, threshold=cfg.min_word_fraction, passed=found >= cfg.min_word_fraction,
+                               rule='fraction of generated words in the corpus word list >= threshold'),
+            'distinct_bigrams': dict(value=distinct, threshold=need, reference=round(ref, 4),
+                                     passed=bool(0 < distinct and distinct >= need),  # no pairs at all is no text
+                                     rule=f'distinct word bigrams / all word bigrams in the samples >= '
+                                          f'{cfg.min_distinct_bigrams} x the same ratio of validation text cut into '
+                                          f'chunks of the same word counts ({ref:.4f})')}
+
 # %% ../nbs/05_generation.ipynb #39ac87e7
 def validate(checkpoint_dir, **options) -> dict:
-    "Check that a checkpoint learned real text (bits per byte, real words, no loops); `options` are `ValidateConfig` fields."
+    "Check that a checkpoint learned real text: it beats counting, writes words, does not loop. `options`: ValidateConfig."
     cfg = ValidateConfig(checkpoint_dir=str(checkpoint_dir), **options)
     ck = find_checkpoint(cfg.checkpoint_dir)
     model, tok = load(ck, cfg.device)
@@ -300,24 +330,16 @@ def validate(checkpoint_dir, **options) -> dict:
     check_shards(data, ck / 'tokenizer.model', ExitCode.USAGE)        # complete, and encoded with this model's tokenizer
     scores = score_split(model, tok, data, cfg.max_tokens)
     prompts = (VALIDATE_PROMPTS * cfg.n_samples)[:cfg.n_samples]
-    samples = generate(model, tok, prompts, cfg.sample_tokens, temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed)
+    samples = [generate(model, tok, p, cfg.sample_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                        seed=cfg.seed + i) for i, p in enumerate(prompts)]   # a seed of its own per prompt
     vocab, source = corpus_words(tok, data, corpus)
-    words = [w for s in samples for w in words_of(s)]
-    found = sum(w in vocab for w in words) / len(words) if words else 0.0
-    val = load_shard(data, 'val')                                     # real text cut like the samples
+    val = load_shard(data, 'val')                                     # real text, for the loop check's reference
     val_text = tok.decode(np.asarray(val[:cfg.max_tokens + 1] if cfg.max_tokens else val, dtype=np.int64).tolist())
-    ref = reference_bigrams(val_text, [len(words_of(s)) for s in samples])
-    checks = {'bits_per_byte': dict(value=scores['val_bpb'], threshold=round(cfg.max_bpb_ratio * scores['unigram_bpb'], 4),
-                                    rule=f'val bits per byte <= {cfg.max_bpb_ratio} x unigram baseline {scores["unigram_bpb"]}'),
-              'real_words': dict(value=round(found, 4), threshold=cfg.min_word_fraction, rule='fraction of generated words in the corpus word list >= threshold'),
-              'distinct_bigrams': dict(value=round(distinct_bigrams(samples), 4), threshold=round(cfg.min_distinct_bigrams * ref, 4),
-                                       reference=round(ref, 4), rule=f'distinct word bigrams / all word bigrams in the samples >= '
-                                       f'{cfg.min_distinct_bigrams} x the same ratio of validation text cut into chunks of the same word counts ({ref:.4f})')}
-    for name, c in checks.items(): c['passed'] = bool(c['value'] <= c['threshold'] if name == 'bits_per_byte' else c['value'] >= c['threshold'])
-    checks['distinct_bigrams']['passed'] &= checks['distinct_bigrams']['value'] > 0   # no word pairs at all is no text
+    checks = {'bits_per_byte': bpb_check(scores, cfg.max_bpb_ratio), **sample_checks(samples, vocab, val_text, cfg)}
     report = dict(passed=all(c['passed'] for c in checks.values()), failed=[n for n, c in checks.items() if not c['passed']],
-                  checkpoint=str(ck), data_dir=str(data), word_list=source, words_generated=len(words), **scores,
-                  checks=checks, samples=[dict(prompt=p, text=s) for p, s in zip(prompts, samples)])
+                  checkpoint=str(ck), data_dir=str(data), word_list=source, **scores, checks=checks,
+                  thresholds_changed=changed_thresholds(cfg),
+                  samples=[dict(prompt=p, seed=cfg.seed + i, text=s) for i, (p, s) in enumerate(zip(prompts, samples))])
     if cfg.report_path: _write_json(report, cfg.report_path)
     return report
 
@@ -398,6 +420,8 @@ def _run_generate(args) -> int:
 # %% ../nbs/05_generation.ipynb #3b28e395
 def _run_validate(args) -> int:
     report = validate(**vars(config_from_args(ValidateConfig, args)))
+    print(f'model {report["val_bpb"]} bits per byte on {report["val_tokens_scored"]:,} validation tokens; counting: '
+          + ', '.join(f'{k} {v}' for k, v in report['baselines'].items()))
     for name, c in report['checks'].items():
         print(f'{"pass" if c["passed"] else "FAIL"}  {name:<17} {c["value"]:<8} ({c["rule"]}; threshold {c["threshold"]})')
     check_report(report)
