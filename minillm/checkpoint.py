@@ -16,7 +16,7 @@ from .tokenizer import Tokenizer
 # %% auto #0
 __all__ = ['CHECKPOINT_NAMES', 'CHECKPOINT_FILES', 'save_model', 'size_problem', 'load_model', 'write_checkpoint_dir',
            'recover_checkpoints', 'save_checkpoint', 'load_checkpoint', 'existing_checkpoints', 'has_checkpoints',
-           'check_start_flags', 'resume_point', 'find_checkpoint', 'load']
+           'check_start_flags', 'resume_point', 'find_checkpoint', 'save_snapshot', 'snapshots', 'load']
 
 # %% ../nbs/04_checkpoint.ipynb #72176771
 def save_model(model: MiniLLM, dir) -> Path:
@@ -199,6 +199,20 @@ def find_checkpoint(checkpoint_dir) -> Path:
             raise MinillmError(f'checkpoint {d} is incomplete: {d / name} is missing; use a directory written '
                                f'by `minillm train`', ExitCode.GENERATION)
     return d
+
+# %% ../nbs/04_checkpoint.ipynb #307de5f3
+def save_snapshot(out_dir, step: int, model: MiniLLM, tokenizer) -> Path:
+    "Write the model and its tokenizer as `out_dir/snapshots/step-NNNNNN/`; return that directory."
+    d = Path(out_dir) / 'snapshots' / f'step-{step:06d}'
+    save_model(model, d)
+    if tokenizer is not None and Path(tokenizer).is_file():
+        with atomic_write(d / 'tokenizer.model', 'wb', encoding=None) as f: f.write(Path(tokenizer).read_bytes())
+    return d
+
+def snapshots(out_dir) -> list[tuple[int, Path]]:
+    "The snapshots of a training output directory, as (step, directory), in step order."
+    found = Path(out_dir).glob('snapshots/step-*')
+    return sorted((int(d.name[5:]), d) for d in found if d.name[5:].isdigit() and (d / 'model.safetensors').is_file())
 
 # %% ../nbs/04_checkpoint.ipynb #34abcd81
 def load(checkpoint_dir, device='cpu') -> tuple[MiniLLM, Tokenizer]:

@@ -15,16 +15,19 @@ from .core import (MinillmError, ExitCode, add_command, add_options, config_from
                           ensure_writable_dir, parse_duration, run_lock)
 from .model import MODEL_PRESETS, ModelConfig, MiniLLM, count_params, flops_per_token
 from .checkpoint import (check_start_flags, existing_checkpoints, load_checkpoint, recover_checkpoints, resume_point,
+                                save_snapshot, snapshots,
                                 save_checkpoint)
 from .tokenizer import load_shard, check_shards
 
 # %% auto #0
-__all__ = ['TrainConfig', 'check_config', 'epoch_windows', 'get_batch', 'bits_per_byte', 'make_optimizer', 'lr_at', 'pick_device',
-           'autocast', 'measure_dtype', 'model_config', 'check_data', 'init_distributed', 'ranks_in_sync',
-           'evaluate_loss', 'train_step', 'StopFlag', 'resolve_start', 'RunSpec', 'plan_run', 'LoopState',
-           'micro_batches', 'Session', 'open_session', 'take_step', 'fold_loss', 'save', 'evaluation_due',
-           'metrics_line', 'evaluate_and_log', 'stop_reason', 'agree_to_stop', 'end_epoch', 'checkpoint_due',
-           'run_epochs', 'check_resumable', 'choose_dtype', 'plot_losses', 'summary_of', 'train', 'add_cli']
+__all__ = ['SCHEDULES', 'CALIBRATION', 'RUN_DEFINING', 'TrainConfig', 'check_numbers', 'check_config', 'epoch_windows',
+           'get_batch', 'bits_per_byte', 'make_optimizer', 'lr_at', 'pick_device', 'autocast', 'measure_dtype',
+           'model_config', 'check_data', 'init_distributed', 'ranks_in_sync', 'evaluate_loss', 'train_step', 'StopFlag',
+           'resolve_start', 'RunSpec', 'plan_run', 'LoopState', 'fixed_length', 'steps_in_budget', 'plan_text',
+           'micro_batches', 'Session', 'open_session', 'take_step', 'check_finite', 'fold_loss', 'save', 'schedule_end',
+           'evaluation_due', 'metrics_line', 'evaluate_and_log', 'stop_reason', 'agree_to_stop', 'end_epoch',
+           'checkpoint_due', 'plan_schedule', 'snapshot_due', 'run_epochs', 'check_resumable', 'resume_schedule',
+           'choose_dtype', 'plot_losses', 'summary_of', 'train', 'add_cli']
 
 # %% ../nbs/04_training.ipynb #3c4c5030
 @dataclass
@@ -33,6 +36,7 @@ class TrainConfig:
     data_dir: str = ''            # token shards from `minillm tokenizer` (train.bin, val.bin, meta.json, tokenizer.model)
     out_dir: str = ''             # output directory: checkpoints/, metrics.jsonl, summary.json, loss.png
     epochs: int = 20              # passes over the training tokens
+    steps: int = 0                # the schedule's length in optimizer steps; 0: every epoch, or what --max-time fits
     batch_size: int = 32          # sequences per optimizer step (over all processes and accumulation steps)
     learning_rate: float = 3e-4   # peak learning rate after warmup
     block_size: int | None = None # context length (default: the preset's)
@@ -47,13 +51,14 @@ class TrainConfig:
     compile: bool = False         # torch.compile the model
     grad_accum: int = 1           # micro-batches per optimizer step (batch_size must divide by it)
     warmup: int = 100             # linear warmup steps
-    min_lr: float = 3e-5          # learning rate at the end of the cosine decay
+    schedule: str = 'cosine'      # the decay after warmup: cosine, linear, or wsd (flat, then linear over the last 20%)
+    min_lr: float = 0.0           # learning rate at the schedule's last step (0: anneal all the way)
     weight_decay: float = 0.1     # AdamW decay on the matrices (never on norms and embeddings)
     clip: float = 1.0             # gradient-norm clipping; 0 turns it off
     eval_every: int = 0           # optimizer steps between evaluations; 0: once per epoch
     eval_batches: int = 20        # validation batches per evaluation
     checkpoint_every: int = 5     # epochs between checkpoints (also saved at the end and on interruption)
-    max_time: str = ''            # wall-clock budget such as 5m or 1h30m; '' for none
+    max_time: str = ''            # the run's whole training time, across resumes, e.g. 5m or 1h30m: the schedule is planned to end in it; '' for none
     max_steps: int = 0            # stop (resumably) after this many optimizer steps in total; 0 for none
     seed: int = 1337              # seeds the weights and the order of batches
     resume: bool = False          # continue from OUT/checkpoints/last
@@ -63,24 +68,38 @@ class TrainConfig:
 # %% ../nbs/04_training.ipynb #8855d02d
 _POSITIVE = ('epochs', 'batch_size', 'learning_rate', 'grad_accum', 'eval_batches', 'checkpoint_every',
              'block_size', 'n_layer', 'n_head', 'n_kv_head', 'n_embd')
-_NON_NEGATIVE = ('dropout', 'warmup', 'min_lr', 'weight_decay', 'clip', 'eval_every', 'max_steps')
+_NON_NEGATIVE = ('dropout', 'warmup', 'min_lr', 'weight_decay', 'clip', 'eval_every', 'max_steps', 'steps')
 
 _SHAPE = ('block_size', 'n_layer', 'n_head', 'n_kv_head', 'n_embd')
 
-def check_config(cfg: TrainConfig) -> None:
-    "Raise a one-line `MinillmError` (usage) for options that cannot work."
+def _cli_flag(name: str) -> str: return '--' + name.replace('_', '-')
+
+def check_numbers(cfg: TrainConfig) -> None:
+    "Refuse numeric options that are not finite numbers or out of their range (a usage error, one line)."
     for name in _POSITIVE + _NON_NEGATIVE:
         v = getattr(cfg, name)
         if v is None and name in _SHAPE: continue
-        if not isinstance(v, (int, float)) or (v <= 0 if name in _POSITIVE else v < 0):
-            flag = '--' + name.replace('_', '-')
-            raise MinillmError(f'{flag} must be {"positive" if name in _POSITIVE else "zero or more"}, '
+        if not isinstance(v, (int, float)) or not math.isfinite(v):  # nan passes every comparison: test it first
+            raise MinillmError(f'{_cli_flag(name)} must be a finite number, not {v}', ExitCode.USAGE)
+        if v <= 0 if name in _POSITIVE else v < 0:
+            raise MinillmError(f'{_cli_flag(name)} must be {"positive" if name in _POSITIVE else "zero or more"}, '
                                f'not {v}', ExitCode.USAGE)
+    if cfg.learning_rate > 1:  # AdamW moves each weight by about the rate per step: above 1 it only diverges
+        raise MinillmError(f'--learning-rate {cfg.learning_rate:g} is far too large: AdamW needs about 1e-4 to 1e-2; '
+                           f'pick one of those', ExitCode.USAGE)
+    if cfg.min_lr > cfg.learning_rate: raise MinillmError(f'--min-lr {cfg.min_lr:g} is above --learning-rate {cfg.learning_rate:g}')
+    if cfg.dropout >= 1: raise MinillmError(f'--dropout must be below 1 (it is the share of activations zeroed), not {cfg.dropout}')
+
+# %% ../nbs/04_training.ipynb #297bf1f9
+def check_config(cfg: TrainConfig) -> None:
+    "Raise a one-line `MinillmError` (usage) for options that cannot work."
+    check_numbers(cfg)
     if cfg.batch_size % cfg.grad_accum:
         raise MinillmError(f'--batch-size {cfg.batch_size} must be a multiple of --grad-accum {cfg.grad_accum}')
     if cfg.model not in MODEL_PRESETS:
         raise MinillmError(f'unknown model preset {cfg.model!r}; choose one of {", ".join(MODEL_PRESETS)}')
     if cfg.dtype not in ('auto', 'float32', 'bfloat16'): raise MinillmError(f'--dtype must be auto, float32 or bfloat16, not {cfg.dtype!r}')
+    if cfg.schedule not in SCHEDULES: raise MinillmError(f'--schedule must be one of {", ".join(SCHEDULES)}, not {cfg.schedule!r}')
     if cfg.max_time: parse_duration(cfg.max_time)
 
 # %% ../nbs/04_training.ipynb #282ba062
@@ -113,12 +132,18 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.95), eps=1e-8, **fast)
 
 # %% ../nbs/04_training.ipynb #ea3e9cd6
+SCHEDULES = {  # the share of (peak - min_lr) still applied at progress p, from 0 (end of warmup) to 1 (last step)
+    'cosine': lambda p: 0.5 * (1 + math.cos(math.pi * p)),   # Loshchilov and Hutter, SGDR
+    'linear': lambda p: 1 - p,
+    'wsd': lambda p: min(1.0, (1 - p) / 0.2),                 # warmup-stable-decay: flat, then down over the last 20%
+}
+
 def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
-    "Learning rate at optimizer step `step` (0-based): linear warmup, then cosine decay to `min_lr`."
+    "Learning rate at optimizer step `step` (0-based): linear warmup, then `cfg.schedule` down to `min_lr` at `total_steps`."
     if step < cfg.warmup: return cfg.learning_rate * (step + 1) / cfg.warmup
     if step >= total_steps: return cfg.min_lr
     progress = (step - cfg.warmup) / max(1, total_steps - cfg.warmup)
-    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+    return cfg.min_lr + SCHEDULES[cfg.schedule](progress) * (cfg.learning_rate - cfg.min_lr)
 
 # %% ../nbs/04_training.ipynb #6a5d2c52
 def pick_device(name: str = 'auto') -> torch.device:
@@ -285,7 +310,7 @@ class RunSpec:
     budget: float = math.inf    # seconds of training allowed (--max-time), summed over every resume
 
     @property
-    def total_steps(self) -> int: return self.cfg.epochs * self.steps_per_epoch    # the schedule's length
+    def epoch_steps(self) -> int: return self.cfg.epochs * self.steps_per_epoch    # every epoch, step by step
     @property
     def micro(self) -> int: return self.cfg.batch_size // self.cfg.grad_accum      # sequences per micro-batch, all processes
     @property
@@ -314,6 +339,8 @@ class LoopState:
     dtype: str | None = None      # the number format, chosen at the start and kept on resume
     loss_sum: float = 0.0         # training loss summed since the last evaluation
     loss_count: int = 0           # optimizer steps in loss_sum
+    total_steps: int = 0          # the schedule's length, fixed once (0: not planned yet)
+    budget: str = ''              # the --max-time it was planned for
 
     def to_dict(self) -> dict: return asdict(self)
 
@@ -322,6 +349,38 @@ class LoopState:
         "The state in a state.json; a field it lacks keeps its default."
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+# %% ../nbs/04_training.ipynb #ff1719bd
+CALIBRATION = (2, 6)  # steps to skip (first calls allocate), then steps to time
+
+def fixed_length(run: RunSpec) -> int:
+    "The schedule's length when no clock is needed: --steps, else every epoch; 0 when a budget decides it."
+    if run.cfg.steps: return run.cfg.steps
+    return 0 if run.budget < math.inf else run.epoch_steps
+
+def steps_in_budget(run: RunSpec, state: LoopState, step_s: float) -> int:
+    "The schedule's length that ends within the budget at `step_s` seconds a step, capped by the epochs."
+    # an evaluation reads eval_batches batches forward only: about a third of a training step each
+    per_step = step_s * (1 + run.cfg.eval_batches / 3 / run.eval_every)
+    room = 0.97 * run.budget - state.elapsed   # 3% for checkpoints and the last evaluation
+    return min(run.epoch_steps, state.global_step + max(1, int(room / per_step)))
+
+# %% ../nbs/04_training.ipynb #4afa9d57
+def _duration(seconds: float) -> str:
+    "Seconds as a reader says them: 42 s, 3 min 20 s, 2 h 5 min."
+    s = round(seconds)
+    if s < 60: return f'{s} s'
+    return f'{s // 60} min {s % 60} s' if s < 3600 else f'{s // 3600} h {s % 3600 // 60} min'
+
+def plan_text(run: RunSpec, state: LoopState, step_s: float) -> str:
+    "The plan in a line: how long the epochs would take at the measured speed, and what the schedule is."
+    text = (f'plan: {run.cfg.epochs} epochs are {run.epoch_steps:,} steps, {_duration(run.epoch_steps * step_s)} '
+            f'at the measured {step_s:.3g} s a step')
+    if state.total_steps < run.epoch_steps:
+        why = f'the --max-time {run.cfg.max_time} budget fits' if not run.cfg.steps else '--steps asks for'
+        text += (f'; {why} {state.total_steps:,} steps ({state.total_steps / run.steps_per_epoch:.2f} epochs), and '
+                 f'the learning rate reaches {run.cfg.min_lr:g} at the last of them')
+    return text
 
 # %% ../nbs/04_training.ipynb #0d3a0c7a
 def _progress(total: int, initial: int, enabled: bool):
@@ -361,6 +420,8 @@ class Session:
     elapsed0: float = 0.0         # the state's elapsed seconds at that moment
     last_tick: float = 0.0        # when the progress bar last showed the speed
     last_tokens: int = 0          # the tokens seen then
+    first_step: int = 0           # the state's global step when this process started
+    t_calibrate: float = 0.0      # when the timed steps of the calibration began
 
 def open_session(run: RunSpec, model, opt, state: LoopState, train_data, val_data) -> Session:
     "Start the clock and the progress bar; compile the model or wrap it for DDP if the run asks."
@@ -368,20 +429,21 @@ def open_session(run: RunSpec, model, opt, state: LoopState, train_data, val_dat
     if run.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
         net = DDP(net, device_ids=[run.device.index] if run.device.type == 'cuda' else None)
-    bar = _progress(run.total_steps, state.global_step, run.cfg.progress and run.rank == 0)
+    bar = _progress(state.total_steps or run.epoch_steps, state.global_step, run.cfg.progress and run.rank == 0)
     now = time.time()
     return Session(model, net, opt, train_data, val_data, bar, torch.zeros((), device=run.device), now, state.elapsed,
-                   now, state.tokens)
+                   now, state.tokens, state.global_step)
 
 # %% ../nbs/04_training.ipynb #72e5e6ff
 def take_step(run: RunSpec, state: LoopState, s: Session, order: np.ndarray) -> float:
     "One optimizer step at the state's place in the epoch; advance the counters and the clock; return the learning rate."
-    lr = lr_at(state.global_step, run.total_steps, run.cfg)
+    lr = lr_at(state.global_step, state.total_steps or run.epoch_steps, run.cfg)  # not planned yet: inside warmup
     s.loss_acc += train_step(s.net, s.opt, micro_batches(run, s.train_data, order, state.step), lr, run.cfg, run.device, state.dtype)
     state.step += 1; state.global_step += 1; state.tokens += run.cfg.batch_size * run.mc.block_size; state.loss_count += 1
     s.bar.update(1)
     _show_speed(run, state, s, lr)
     state.elapsed = s.elapsed0 + time.time() - s.t_start
+    if state.global_step % 25 == 0: check_finite(run, state, s)   # a sync, so not every step
     return lr
 
 def _show_speed(run, state, s, lr):
@@ -392,6 +454,16 @@ def _show_speed(run, state, s, lr):
                           tok_s=f'{(state.tokens - s.last_tokens) / (now - s.last_tick):,.0f}', refresh=False)
         s.last_tick, s.last_tokens = now, state.tokens
 
+# %% ../nbs/04_training.ipynb #be4a894f
+def check_finite(run: RunSpec, state: LoopState, s: Session) -> None:
+    "Stop with one line (exit code 4) if the training loss is no longer a finite number."
+    loss = state.loss_sum + float(s.loss_acc.item())
+    if math.isfinite(loss): return
+    raise MinillmError(f'training diverged by step {state.global_step}: the loss is {loss}; --learning-rate '
+                       f'{run.cfg.learning_rate:g} is too large for this model. Nothing was saved after it went wrong '
+                       f'({run.ck_root} keeps the earlier checkpoints): start again with a smaller rate, such as '
+                       f'--learning-rate {run.cfg.learning_rate / 10:g}, and --force-restart', ExitCode.TRAINING)
+
 # %% ../nbs/04_training.ipynb #e293b768
 def fold_loss(state: LoopState, s: Session) -> None:
     "Move the training loss summed on the device into the state (a checkpoint saves the state)."
@@ -399,14 +471,18 @@ def fold_loss(state: LoopState, s: Session) -> None:
 
 def save(run: RunSpec, state: LoopState, s: Session, name: str) -> None:
     "Checkpoint `name` (`last` or `best`) of the run as it stands (section 4.1's `save_checkpoint`); rank 0 writes."
+    check_finite(run, state, s)   # never write a diverged model over a good one
     if run.rank == 0:
         save_checkpoint(run.ck_root, name, s.model, s.opt, state.to_dict(), asdict(run.cfg), run.data / 'tokenizer.model', run.device)
 
 # %% ../nbs/04_training.ipynb #ae48f726
+def schedule_end(run: RunSpec, state: LoopState) -> int:
+    "The schedule's last step: planned, or every epoch until it is."
+    return state.total_steps or run.epoch_steps
+
 def evaluation_due(run: RunSpec, state: LoopState) -> bool:
-    "Whether to evaluate after the step just taken: every `eval_every` steps, and after the last step of the last epoch."
-    last_step = state.step == run.steps_per_epoch and state.epoch == run.cfg.epochs - 1
-    return state.global_step % run.eval_every == 0 or last_step
+    "Whether to evaluate after the step just taken: every `eval_every` steps, and after the schedule's last step."
+    return state.global_step % run.eval_every == 0 or state.global_step == schedule_end(run, state)
 
 # %% ../nbs/04_training.ipynb #f1f9f011
 def metrics_line(run: RunSpec, state: LoopState, train_loss: float, val_loss: float, lr: float) -> dict:
@@ -417,6 +493,7 @@ def metrics_line(run: RunSpec, state: LoopState, train_loss: float, val_loss: fl
 
 def evaluate_and_log(run: RunSpec, state: LoopState, s: Session, lr: float) -> dict:
     "Validation loss and bits per byte: a line of metrics.jsonl and of the log, and the `best` checkpoint if it improved."
+    check_finite(run, state, s)   # a diverged loss is never logged as a result
     train_loss = (state.loss_sum + float(s.loss_acc.item())) / max(1, state.loss_count)
     state.loss_sum, state.loss_count = 0.0, 0; s.loss_acc.zero_()
     val_loss = evaluate_loss(s.model, s.val_data, run.mc.block_size, run.cfg.batch_size, run.cfg.eval_batches, run.device, state.dtype)
@@ -435,7 +512,8 @@ def evaluate_and_log(run: RunSpec, state: LoopState, s: Session, lr: float) -> d
 def stop_reason(run: RunSpec, state: LoopState, signal: str | None) -> str | None:
     "Why the run stops after this step: a signal's name, 'max_time', 'max_steps', or None to go on."
     if signal: return signal
-    if state.elapsed >= run.budget: return 'max_time'
+    grace = max(15.0, 0.1 * run.budget)   # the plan aims inside the budget; this only catches a machine that slowed
+    if state.elapsed >= run.budget + grace and state.global_step < schedule_end(run, state): return 'max_time'
     if run.cfg.max_steps and state.global_step >= run.cfg.max_steps: return 'max_steps'
     return None
 
@@ -455,27 +533,48 @@ def checkpoint_due(run: RunSpec, state: LoopState) -> bool:
     "Whether the epoch just finished is saved as `last`: every `checkpoint_every` epochs, and the last one."
     return state.epoch % run.cfg.checkpoint_every == 0 or state.epoch == run.cfg.epochs
 
+# %% ../nbs/04_training.ipynb #1ef262a3
+def plan_schedule(run: RunSpec, state: LoopState, s: Session) -> None:
+    "Time the first steps of this process; then fix the schedule's length if the budget decides it, and say so."
+    n = state.global_step - s.first_step
+    if n == CALIBRATION[0]: s.t_calibrate = time.time()
+    if n != sum(CALIBRATION) or not s.t_calibrate: return   # not yet, or this process started mid-calibration
+    step_s = _rank_max((time.time() - s.t_calibrate) / CALIBRATION[1], run.world, run.device)  # the slowest decides
+    if not state.total_steps:
+        state.total_steps, state.budget = steps_in_budget(run, state, step_s), run.cfg.max_time
+        s.bar.total = state.total_steps; s.bar.refresh()
+    _log(plan_text(run, state, step_s), run.rank, s.bar)
+
+def snapshot_due(state: LoopState) -> bool:
+    "Whether to keep a snapshot of the model after this step: halfway through the planned schedule."
+    return state.total_steps > 1 and state.global_step == state.total_steps // 2
+
 # %% ../nbs/04_training.ipynb #b05958eb
 def run_epochs(run: RunSpec, state: LoopState, s: Session) -> str | None:
-    "Train until the last epoch ends or something stops the run; return what stopped it (None: the epochs ended)."
+    "Train to the schedule's last step, or until something stops the run; return what stopped it (None: the end)."
     stopped = lr = None
     with StopFlag() as flag:
-        while state.epoch < run.cfg.epochs and stopped is None:
+        while state.global_step < schedule_end(run, state) and stopped is None:
             order = epoch_windows(len(s.train_data), run.mc.block_size, run.cfg.seed, state.epoch)
-            while state.step < run.steps_per_epoch and stopped is None:
+            while state.step < run.steps_per_epoch and state.global_step < schedule_end(run, state) and stopped is None:
                 lr = take_step(run, state, s, order)
+                plan_schedule(run, state, s)
                 if evaluation_due(run, state): evaluate_and_log(run, state, s, lr)
+                if snapshot_due(state) and run.rank == 0: save_snapshot(run.out, state.global_step, s.model, run.data / 'tokenizer.model')
                 stopped = agree_to_stop(run, stop_reason(run, state, flag.signal))
             if end_epoch(run, state) and checkpoint_due(run, state):
                 fold_loss(state, s); save(run, state, s, 'last')
-        if stopped == 'max_time' and state.loss_count: evaluate_and_log(run, state, s, lr)  # where the budget got to
         s.bar.close(); fold_loss(state, s)
-        if stopped is not None: save(run, state, s, 'last')
+        save(run, state, s, 'last')
     return stopped
 
 # %% ../nbs/04_training.ipynb #53df1c01
+# the options that make a run what it is: changing one would not continue the same run
+RUN_DEFINING = ('batch_size', 'learning_rate', 'min_lr', 'schedule', 'warmup', 'weight_decay', 'clip', 'grad_accum',
+                'seed', 'dropout')
+
 def check_resumable(run: RunSpec, start: Path) -> None:
-    "Refuse to resume from checkpoint `start` if its model shape differs from this run's."
+    "Refuse to resume from checkpoint `start` if its model shape or a run-defining option differs from this run's."
     if not (start / 'config.json').is_file(): return  # load_checkpoint names what is missing
     try: saved = ModelConfig.from_dict(json.loads((start / 'config.json').read_text())).to_dict()
     except (ValueError, TypeError) as e:
@@ -485,18 +584,41 @@ def check_resumable(run: RunSpec, start: Path) -> None:
         diff = ', '.join(f'{k} {saved.get(k)} -> {v}' for k, v in run.mc.to_dict().items() if saved.get(k) != v)
         raise MinillmError(f'cannot resume: the checkpoint in {start} has another model shape ({diff}); '
                            f'resume with the same --model options or use --force-restart', ExitCode.TRAINING)
+    try: options = json.loads((start / 'train_config.json').read_text())
+    except (OSError, ValueError): return            # an older checkpoint without it: the shape check is all there is
+    diff = [f'{_cli_flag(k)} {options[k]} -> {getattr(run.cfg, k)}' for k in RUN_DEFINING
+            if k in options and options[k] != getattr(run.cfg, k)]
+    if diff:
+        raise MinillmError(f'cannot resume: this command changes the run in {start} ({", ".join(diff)}), so it would '
+                           f'not go on exactly; repeat the values in its train_config.json, or start afresh with '
+                           f'--force-restart', ExitCode.TRAINING)
+
+# %% ../nbs/04_training.ipynb #d5118f16
+def resume_schedule(run: RunSpec, state: LoopState) -> str | None:
+    "Set a resumed state's schedule length to what this command asks for; a line for the log if it changed."
+    if state.total_steps and (run.cfg.steps or run.budget == math.inf or state.budget == run.cfg.max_time):
+        want = fixed_length(run) or state.total_steps
+    else: want = fixed_length(run)                 # 0: a budget plans it again, after the first timed steps
+    if want == state.total_steps: return None
+    old, state.total_steps, state.budget = state.total_steps, want, run.cfg.max_time
+    new = f'{want:,} steps' if want else f'planned again for --max-time {run.cfg.max_time}'
+    return (f'the schedule changes from {old:,} steps to {new}, from step {state.global_step:,} on: the learning '
+            f'rate follows the new schedule from there')
 
 # %% ../nbs/04_training.ipynb #84caa5ac
 def _setup(run: RunSpec) -> tuple[MiniLLM, torch.optim.Optimizer, LoopState]:
     "The model, its optimizer and the loop state: fresh, or resumed from the later of `checkpoints/{last,best}`."
-    resume = resolve_start(run.ck_root, run.cfg) if run.rank == 0 else run.cfg.resume or resume_point(run.ck_root) is not None
-    if run.world > 1: resume = _any_rank(resume, run.world, run.device)
+    # rank 0 alone decides (it may delete the checkpoints for --force-restart); the others wait for its answer
+    resume = resolve_start(run.ck_root, run.cfg) if run.rank == 0 else False
+    if run.world > 1: resume = _any_rank(resume, run.world, run.device)   # a barrier: rank 0 has decided
     start = run.ck_root / resume_point(run.ck_root) if resume else None
     if start: check_resumable(run, start)
     torch.manual_seed(run.cfg.seed)
     model = MiniLLM(run.mc).to(run.device)
     opt = make_optimizer(model, run.cfg, run.device)
-    state = LoopState.from_dict(load_checkpoint(start, model, opt, run.device)) if start else LoopState()
+    if not start: return model, opt, LoopState(total_steps=fixed_length(run), budget=run.cfg.max_time)
+    state = LoopState.from_dict(load_checkpoint(start, model, opt, run.device))
+    if change := resume_schedule(run, state): _log(change, run.rank)
     return model, opt, state
 
 # %% ../nbs/04_training.ipynb #acf1025e
@@ -509,7 +631,9 @@ def choose_dtype(run: RunSpec, state: LoopState, model, train_data) -> str:
         micro = run.micro // run.world
         rows = micro if run.device.type == 'cuda' else min(micro, 4)  # a CPU probe only needs the ratio
         x, y = get_batch(train_data, np.arange(rows, dtype=np.int64) * run.mc.block_size, run.mc.block_size)
+        rng = torch.get_rng_state()   # the probe's passes may draw dropout masks: leave the numbers as they were
         t = measure_dtype(model, x.to(run.device), y.to(run.device), run.device)
+        torch.set_rng_state(rng)
         return 'bfloat16' if t['bfloat16'] < 0.9 * t['float32'] else 'float32'
     return 'bfloat16' if _any_rank(here() == 'bfloat16', run.world, run.device) else 'float32'
 
@@ -530,7 +654,7 @@ def summary_of(run: RunSpec, state: LoopState, model, stopped: str | None) -> di
     "The run's summary.json: how far it got, how fast, its final and best losses."
     last, tps = state.metrics[-1] if state.metrics else {}, state.tokens / max(state.elapsed, 1e-9)
     summary = dict(status='complete' if stopped is None else f'stopped ({stopped})', epochs_done=state.epoch,
-                   steps=state.global_step, total_steps=run.total_steps, tokens=state.tokens,
+                   steps=state.global_step, total_steps=schedule_end(run, state), tokens=state.tokens,
                    elapsed_s=round(state.elapsed, 2), tokens_per_s=round(tps), params=count_params(run.mc),
                    model_flops_per_s=round(tps * flops_per_token(run.mc)), device=str(run.device), dtype=state.dtype,
                    processes=run.world, final_train_loss=last.get('train_loss'), final_val_loss=last.get('val_loss'),
@@ -548,11 +672,13 @@ def _finish(run: RunSpec, state: LoopState, model, stopped: str | None) -> dict:
         if state.metrics: plot_losses(state.metrics, run.out / 'loss.png')
     if stopped in ('SIGINT', 'SIGTERM'):
         _log(f'stopped by {stopped} at epoch {state.epoch + 1} step {state.step} (step {state.global_step} of '
-             f'{run.total_steps}); saved {run.ck_root / "last"}; continue with the same command plus --resume', run.rank)
+             f'{schedule_end(run, state)}); saved {run.ck_root / "last"}; continue with the same command plus --resume', run.rank)
         raise KeyboardInterrupt(stopped)
-    if stopped == 'max_time':  # the budget counts all training so far, so the same budget would stop at once
-        _log(f'stopped at the --max-time {cfg.max_time} budget after {state.global_step} steps; to train on, '
-             f'add --resume with a longer budget, such as --max-time {_longer(cfg.max_time)} (or none)', run.rank)
+    if stopped == 'max_time':  # the machine slowed down after the plan was made
+        _log(f'stopped at the --max-time {cfg.max_time} budget at step {state.global_step} of {schedule_end(run, state)}: '
+             f'the machine ran slower than when the schedule was planned; the same command plus --resume finishes it',
+             run.rank)
+
     elif stopped:
         _log(f'stopped at --max-steps {cfg.max_steps}; to train on, add --resume with a larger --max-steps', run.rank)
     return summary
@@ -588,9 +714,15 @@ def _train_locked(run: RunSpec) -> dict:
     if run.rank == 0:
         with atomic_write(run.out / 'metrics.jsonl') as f: f.writelines(json.dumps(m) + '\n' for m in state.metrics)
     _log(f'training {count_params(run.mc) / 1e6:.2f}M parameters on {run.device} ({state.dtype}, {run.world} '
-         f'process{"es" if run.world > 1 else ""}): {run.cfg.epochs} epochs x {run.steps_per_epoch} steps of '
-         f'{run.cfg.batch_size} x {run.mc.block_size} tokens'
+         f'process{"es" if run.world > 1 else ""}): steps of {run.cfg.batch_size} x {run.mc.block_size} tokens, '
+         f'{run.steps_per_epoch:,} an epoch'
          + (f', resuming at epoch {state.epoch + 1} step {state.step}' if state.global_step else ''), run.rank)
+    if run.rank == 0 and state.global_step == 0:  # a fresh run: the untrained model, for chapter 5
+        shutil.rmtree(run.out / 'snapshots', ignore_errors=True)
+        save_snapshot(run.out, 0, model, run.data / 'tokenizer.model')
+    if state.global_step >= schedule_end(run, state):
+        _log(f'the run has already finished its schedule of {state.global_step:,} steps; to train on, resume with a '
+             f'larger --max-time (the run\'s whole training time) or a larger --steps', run.rank)
     s = open_session(run, model, opt, state, train_data, val_data)
     s.net.train()
     return _finish(run, state, model, run_epochs(run, state, s))

@@ -61,18 +61,27 @@ def test_train_layout_and_learning(shards, tmp_path):
     assert model.config.n_embd == 32 and model.config.vocab_size == VOCAB
 
 
-def test_time_budget_stop_says_how_to_go_on(shards, tmp_path):
-    "A run stopped by --max-time says to resume with a longer budget, and that command does continue it."
+def test_a_time_budget_plans_the_schedule_and_ends_annealed(shards, tmp_path):
+    "--max-time fixes the schedule's length from the first steps' speed; the run ends with the rate at its floor."
     out = tmp_path / 'run'
     base = [*TINY, '--data', str(shards), '--out', str(out), '--epochs', '1000', '--eval-every', '20']
-    r = cli(*base, '--max-time', '2s')
+    r = cli(*base, '--max-time', '3s')
     assert r.returncode == 0, r.stderr
-    assert 'stopped at the --max-time 2s budget' in r.stderr and '--resume' in r.stderr and '--max-time 4s' in r.stderr
+    assert 'plan: 1000 epochs are 31,000 steps' in r.stderr and 'the --max-time 3s budget fits' in r.stderr
     s = json.loads((out / 'summary.json').read_text())
-    assert s['status'] == 'stopped (max_time)' and s['total_steps'] > 2 * s['steps']
-    again = cli(*base, '--resume', '--max-time', '4s')
-    assert again.returncode == 0, again.stderr
-    assert json.loads((out / 'summary.json').read_text())['steps'] > s['steps']   # it went on
+    assert s['status'] == 'complete' and 0 < s['steps'] == s['total_steps'] < 31_000
+    assert s['elapsed_s'] < 3 * 1.1                                          # planned to fit, not cut off
+    metrics = [json.loads(l) for l in (out / 'metrics.jsonl').read_text().splitlines()]
+    assert metrics[-1]['step'] == s['steps'] and metrics[-1]['lr'] == pytest.approx(0, abs=1e-5)  # annealed
+    assert json.loads((out / 'checkpoints' / 'last' / 'state.json').read_text())['total_steps'] == s['steps']
+    # the same budget again: nothing to do, and it says how to go on
+    again = cli(*base, '--resume', '--max-time', '3s')
+    assert again.returncode == 0 and 'already finished its schedule' in again.stderr and 'larger --max-time' in again.stderr
+    # a larger budget (the run's whole training time): planned again from where it is, and it trains on
+    more = cli(*base, '--resume', '--max-time', '6s')
+    assert more.returncode == 0, more.stderr
+    assert 'the schedule changes from' in more.stderr and 'planned again for --max-time 6s' in more.stderr
+    assert json.loads((out / 'summary.json').read_text())['steps'] > s['steps']
 
 
 # --- exact resume -------------------------------------------------------------------------------------------
@@ -92,6 +101,19 @@ def test_resume_after_max_steps_is_bitwise_exact(shards, tmp_path):
                        for l in (p / 'metrics.jsonl').read_text().splitlines()]
     assert strip(ref) == strip(cut)                                         # the same metrics, line for line
 
+
+
+@pytest.mark.parametrize('extra', [[], ['--dropout', '0.1'], ['--grad-accum', '2']], ids=['plain', 'dropout', 'grad-accum-2'])
+def test_exact_resume_with_dropout_and_accumulation(shards, tmp_path, extra):
+    "Stopped at a step limit and resumed, the run ends bit for bit where the uninterrupted one does."
+    args = [*TINY, *extra, '--data', str(shards), '--epochs', '2', '--eval-every', '9']
+    ref, cut = tmp_path / 'ref', tmp_path / 'cut'
+    assert cli(*args, '--out', str(ref)).returncode == 0
+    r = cli(*args, '--out', str(cut), '--max-steps', '23')
+    assert r.returncode == 0 and json.loads((cut / 'checkpoints' / 'last' / 'state.json').read_text())['global_step'] == 23
+    assert not same_weights(weights(ref), weights(cut))                    # it really stopped early
+    assert cli(*args, '--out', str(cut), '--resume').returncode == 0
+    assert_same_weights(weights(ref), weights(cut))
 
 def _start(args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, '-m', 'minillm', 'train', *args], env=ENV,
@@ -138,6 +160,26 @@ def test_resume_after_sigkill_is_bitwise_exact(big_shards, tmp_path):
     assert_same_weights(weights(ref), weights(cut))
 
 
+
+def test_a_budget_run_killed_and_resumed_is_the_planned_schedule_bit_for_bit(big_shards, tmp_path):
+    "A --max-time run fixes its length once; killed after that and resumed, it equals a --steps run of that length."
+    args = [*TINY, '--data', str(big_shards), '--epochs', '1000', '--checkpoint-every', '1', '--eval-every', '100']
+    cut, ref = tmp_path / 'cut', tmp_path / 'ref'
+    p = _start([*args, '--out', str(cut), '--max-time', '6s'])
+    state = cut / 'checkpoints' / 'last' / 'state.json'
+    def planned():
+        try: return json.loads(state.read_text())['total_steps'] > 0
+        except (OSError, ValueError, KeyError): return False
+    _wait_for(planned, p)
+    p.kill(); p.communicate(timeout=60)
+    killed_at, total = (json.loads(state.read_text())[k] for k in ('global_step', 'total_steps'))
+    assert 0 < killed_at < total                                           # the kill landed mid-schedule
+    r = cli(*args, '--out', str(cut), '--max-time', '6s', '--resume')
+    assert r.returncode == 0, r.stderr
+    assert json.loads((cut / 'summary.json').read_text())['steps'] == total   # the same plan, finished
+    assert cli(*args, '--out', str(ref), '--steps', str(total)).returncode == 0
+    assert_same_weights(weights(ref), weights(cut))
+
 def test_interrupted_swap_is_recovered(shards, tmp_path):
     "A kill between the two renames of a checkpoint swap leaves `.old-last`; the next start puts it back."
     out = tmp_path / 'run'
@@ -170,6 +212,21 @@ def test_ddp_two_cpu_processes(shards, tmp_path):
     x = torch.randint(0, VOCAB, (1, 8))
     assert model(x)[0].shape == (1, 8, VOCAB)
 
+
+
+def test_ddp_resume_is_bitwise_exact_and_force_restart_works(shards, tmp_path):
+    "Two processes: stopped and resumed equals uninterrupted; --force-restart over a run starts afresh (it crashed)."
+    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m', 'minillm.training']
+    args = [*TINY, '--data', str(shards), '--epochs', '2', '--eval-every', '10']
+    ddp = lambda *a: subprocess.run([*torchrun, *args, *a], env=ENV, capture_output=True, text=True, timeout=300)
+    ref, cut = tmp_path / 'ref', tmp_path / 'cut'
+    r = ddp('--out', str(ref)); assert r.returncode == 0, r.stderr[-2000:]
+    r = ddp('--out', str(cut), '--max-steps', '20'); assert r.returncode == 0, r.stderr[-2000:]
+    r = ddp('--out', str(cut), '--resume'); assert r.returncode == 0, r.stderr[-2000:]
+    assert_same_weights(weights(ref), weights(cut))
+    r = ddp('--out', str(cut), '--force-restart', '--max-steps', '5')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((cut / 'checkpoints' / 'last' / 'state.json').read_text())['global_step'] == 5
 
 # --- bad input ----------------------------------------------------------------------------------------------
 
@@ -250,3 +307,39 @@ def test_not_enough_disk(shards, tmp_path, monkeypatch):
     code, _, err = run_cli(['train', *TINY, '--data', str(shards), '--out', str(tmp_path / 'o'), '--epochs', '1'])
     assert code == ExitCode.TRAINING and 'not enough free disk' in err
     assert not any((tmp_path / 'o' / 'checkpoints').glob('*'))            # no half-written checkpoint left
+
+
+
+@pytest.mark.parametrize('value,message', [('nan', 'must be a finite number, not nan'), ('inf', 'must be a finite number, not inf'),
+                                           ('1e9', 'far too large')])
+def test_learning_rates_that_cannot_work(shards, tmp_path, value, message):
+    code, _, err = run_cli(['train', *TINY, '--data', str(shards), '--out', str(tmp_path / 'o'), '--learning-rate', value])
+    assert code == ExitCode.USAGE and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / 'o').exists()
+
+
+def test_divergence_stops_with_one_line_and_keeps_the_good_checkpoints(shards, tmp_path, monkeypatch):
+    "A loss that turns to NaN stops the run (exit 4); nothing is saved after it, the earlier checkpoints are intact."
+    import minillm.training as tr
+    real, calls = tr.train_step, [0]
+    def poisoned(*a, **kw):
+        calls[0] += 1
+        loss = real(*a, **kw)
+        return loss * float('nan') if calls[0] > 40 else loss
+    monkeypatch.setattr(tr, 'train_step', poisoned)
+    out = tmp_path / 'run'
+    code, _, err = run_cli(['train', *TINY, '--data', str(shards), '--out', str(out), '--epochs', '3', '--checkpoint-every', '1'])
+    assert code == ExitCode.TRAINING and 'training diverged by step' in err and '--learning-rate' in err, err
+    assert len(err.strip().splitlines()) == 1
+    state = json.loads((out / 'checkpoints' / 'last' / 'state.json').read_text())
+    assert state['global_step'] == 31 and all(torch.isfinite(v).all() for v in weights(out).values())
+
+
+def test_resume_refuses_options_that_change_the_run(shards, finished_run):
+    "--batch-size, --seed or --weight-decay on resume would silently change the run: refused, naming each change."
+    code, _, err = run_cli(['train', *TINY, '--data', str(shards), '--out', str(finished_run), '--epochs', '2', '--resume',
+                            '--batch-size', '16', '--seed', '7', '--weight-decay', '0.3'])
+    assert code == ExitCode.TRAINING and len(err.strip().splitlines()) == 1
+    assert '--batch-size 8 -> 16' in err and '--seed 1337 -> 7' in err and '--weight-decay 0.1 -> 0.3' in err
+    code, _, err = run_cli(['train', *TINY, '--data', str(shards), '--out', str(finished_run), '--epochs', '2', '--resume'])
+    assert code == 0, err                                                  # more epochs: the one change allowed
