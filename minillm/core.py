@@ -4,20 +4,19 @@
 
 # %% ../nbs/00_core.ipynb #9487ce59
 from __future__ import annotations
-import argparse, contextlib, datetime as dt, hashlib, importlib, json, os, pkgutil, re, shutil, signal, socket, sys
-import tempfile, threading
+import argparse, contextlib, datetime as dt, hashlib, importlib, importlib.metadata, importlib.util, json, os
+import pkgutil, re, shutil, signal, socket, sys, tempfile, threading, warnings
 from dataclasses import fields, is_dataclass
 from enum import IntEnum
 from pathlib import Path
 
 from fastcore.docments import docments
 
-import minillm
-
 # %% auto #0
-__all__ = ['LOCK_FILE', 'CLI_MODULES', 'ExitCode', 'MinillmError', 'atomic_write', 'sha256_file', 'parse_duration',
-           'ensure_writable_dir', 'ensure_free_disk', 'read_lock', 'run_lock', 'book_dir', 'CLIParser', 'add_command',
-           'option_help', 'add_options', 'config_from_args', 'build_parser', 'sigterm_as_interrupt', 'main', 'cli']
+__all__ = ['CREATED_DIRS', 'LOCK_FILE', 'CLI_MODULES', 'ExitCode', 'MinillmError', 'atomic_write', 'sha256_file',
+           'parse_duration', 'ensure_writable_dir', 'ensure_free_disk', 'remove_created_dirs', 'read_lock', 'run_lock',
+           'book_dir', 'package_dir', 'package_version', 'CLIParser', 'add_command', 'option_help', 'add_options',
+           'config_from_args', 'build_parser', 'sigterm_as_interrupt', 'one_line_warnings', 'main', 'cli']
 
 # %% ../nbs/00_core.ipynb #0aa9c4f9
 class ExitCode(IntEnum):
@@ -76,11 +75,15 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * _UNITS[u] for n, u in parts)
 
 # %% ../nbs/00_core.ipynb #9fe6b5b4
+CREATED_DIRS: list[Path] = []  # folders this process made: a failed command removes those still empty
+
 def ensure_writable_dir(path, what: str = 'output directory', exit_code: int = ExitCode.USAGE) -> Path:
-    "Create `path` if needed and check that files can be created in it."
+    "Create `path` if needed (remembering the folders made) and check that files can be created in it."
     path = Path(path)
     try:
+        new = [p for p in (path, *path.parents) if not p.exists()]
         path.mkdir(parents=True, exist_ok=True)
+        CREATED_DIRS.extend(reversed(new))  # outermost first
         with tempfile.TemporaryFile(dir=path): pass
     except OSError as e:
         raise MinillmError(f'{what} {path} is not writable ({e.strerror}); choose another directory '
@@ -94,6 +97,15 @@ def ensure_free_disk(path, need_bytes: int, what: str = 'this step', exit_code: 
         raise MinillmError(f'not enough free disk in {path} for {what}: {free/2**20:.0f} MiB free, '
                            f'{need_bytes/2**20:.0f} MiB needed; free some space or write elsewhere', exit_code)
     return free
+
+# %% ../nbs/00_core.ipynb #8c8eedd9
+def remove_created_dirs() -> list[Path]:
+    "Remove the folders `ensure_writable_dir` made that are still empty, innermost first; return them."
+    removed = []
+    while CREATED_DIRS:
+        d = CREATED_DIRS.pop()
+        with contextlib.suppress(OSError): d.rmdir(); removed.append(d)  # a folder with files stays
+    return removed
 
 # %% ../nbs/00_core.ipynb #03d8be77
 LOCK_FILE = '.minillm.lock'
@@ -147,12 +159,33 @@ def book_dir(*parts: str) -> Path:
     root = Path(os.environ.get('MINILLM_BOOK_DIR') or Path(tempfile.gettempdir())/'minillm-book')
     return root.joinpath(*parts)
 
+# %% ../nbs/00_core.ipynb #e300d232
+def package_dir() -> Path:
+    "The folder of the installed minillm package (where `minillm.core` is, whatever `minillm` itself resolves to)."
+    return Path(importlib.util.find_spec('minillm.core').origin).parent
+
+def package_version() -> str:
+    "minillm's version: the installed distribution's, else the `__version__` line of its `__init__.py`."
+    try: return importlib.metadata.version('minillm')
+    except importlib.metadata.PackageNotFoundError:
+        m = re.search(r'__version__\s*=\s*[\'"]([^\'"]+)', (package_dir()/'__init__.py').read_text())
+        return m.group(1) if m else 'unknown'
+
 # %% ../nbs/00_core.ipynb #bbf8bef9
 class CLIParser(argparse.ArgumentParser):
-    "An argument parser whose usage errors exit with `ExitCode.USAGE` and one line of explanation."
+    "An argument parser whose usage errors exit with `ExitCode.USAGE` and one line; options are never abbreviated."
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault('allow_abbrev', False)  # `--max-tim` is an error, not a guess at `--max-time`
+        super().__init__(*args, **kwargs)
     def error(self, message):
-        self.print_usage(sys.stderr)
-        self.exit(ExitCode.USAGE, f'{self.prog}: error: {message}\n')
+        self.exit(ExitCode.USAGE, f'{self.prog}: error: {message}; see `{self.prog} --help`\n')
+    def parse_args(self, args=None, namespace=None):
+        "argparse's, except that an unknown option is reported by the subcommand it was given to."
+        args, extra = self.parse_known_args(args, namespace)
+        if extra:
+            subs = next((a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)), {})
+            subs.get(getattr(args, 'command', None), self).error(f'unrecognized arguments: {" ".join(extra)}')
+        return args
 
 # %% ../nbs/00_core.ipynb #77279a2d
 _EXAMPLES: dict[str, str] = {}
@@ -170,7 +203,7 @@ def add_command(subparsers, name: str, func, help: str, examples: list[str] = ()
 def _exported(cls):
     "`cls`, or, for a class defined in a notebook cell (no source file to read), the class minillm exports by that name."
     if cls.__module__ != '__main__': return cls
-    for m in pkgutil.iter_modules(minillm.__path__):  # a chapter run cell by cell: nbdev keeps the two the same
+    for m in pkgutil.iter_modules([str(package_dir())]):  # a chapter run cell by cell: nbdev keeps the two the same
         twin = getattr(importlib.import_module(f'minillm.{m.name}'), cls.__name__, None)
         if is_dataclass(twin): return twin
     return cls
@@ -213,7 +246,7 @@ def build_parser() -> CLIParser:
     "The `minillm` parser with every subcommand the installed chapters provide."
     p = CLIParser(prog='minillm', formatter_class=argparse.RawDescriptionHelpFormatter,
                   description='minillm: build and train a small language model, one chapter at a time.')
-    p.add_argument('--version', action='version', version=f'minillm {minillm.__version__}')
+    p.add_argument('--version', action='version', version=f'minillm {package_version()}')
     sub = p.add_subparsers(dest='command', metavar='COMMAND', title='commands')
     for name in CLI_MODULES:
         try: mod = importlib.import_module(f'minillm.{name}')
@@ -236,6 +269,16 @@ def sigterm_as_interrupt():
     try: yield
     finally: signal.signal(signal.SIGTERM, old)
 
+# %% ../nbs/00_core.ipynb #b9378fc7
+@contextlib.contextmanager
+def one_line_warnings(where: str):
+    "While active, print each warning as one line `WHERE: warning: MESSAGE` on stderr (no class, no source line)."
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f'{where}: warning: {message}', file=sys.stderr)
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
 # %% ../nbs/00_core.ipynb #e0052ec7
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `minillm` command."
@@ -245,8 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return ExitCode.USAGE
     where = f'minillm {args.command}'
+    CREATED_DIRS.clear()
     try:
-        with sigterm_as_interrupt(): code = args.func(args)
+        with sigterm_as_interrupt(), one_line_warnings(where): code = args.func(args)
     except MinillmError as e:
         print(f'{where}: error: {e}', file=sys.stderr); code = e.exit_code
     except KeyboardInterrupt:
@@ -256,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f'{where}: internal error: {type(e).__name__}: {e} (this is a bug: rerun with '
               f'MINILLM_DEBUG=1 and report the traceback)', file=sys.stderr)
         code = ExitCode.INTERNAL
+    if code: remove_created_dirs()  # a failed command leaves no empty folders behind
     return int(code or 0)
 
 def cli() -> None:

@@ -12,16 +12,15 @@ from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
-import minillm
 from .core import (ExitCode, MinillmError, add_command, add_options, config_from_args, atomic_write, ensure_free_disk,
-                          ensure_writable_dir, sha256_file)
+                          ensure_writable_dir, package_dir, package_version, sha256_file)
 
 # %% auto #0
 __all__ = ['CLEANING_VERSION', 'DOC_SEPARATOR', 'GUTENBERG_START', 'GUTENBERG_END', 'SMALL_PRINT_START', 'HEADER_LINES',
            'BUNDLED_DIR', 'GUTENBERG', 'URL_FORMS', 'USER_AGENT', 'WORD', 'check_text_file', 'check_text_head',
            'detect_encoding', 'CleanStats', 'strip_gutenberg', 'normalize_lines', 'clean_lines', 'clean_text',
            'write_corpus', 'read_manifest', 'iter_documents', 'bundled_documents', 'check_mirror', 'fetch_url',
-           'default_cache_dir', 'download_book', 'build_corpus', 'parse_books', 'CorpusConfig', 'add_cli',
+           'default_cache_dir', 'download_book', 'text_files', 'build_corpus', 'parse_books', 'CorpusConfig', 'add_cli',
            'document_stats', 'word_counts']
 
 # %% ../nbs/01_corpus.ipynb #4131423e
@@ -216,7 +215,7 @@ def iter_documents(corpus_dir, split: str = 'train') -> Iterator[str]:
             if end > start: f.seek(start); yield f.read(end - start).decode('utf-8')
 
 # %% ../nbs/01_corpus.ipynb #88728735
-BUNDLED_DIR = Path(minillm.__file__).parent/'data'
+BUNDLED_DIR = package_dir()/'data'
 
 def bundled_documents(data_dir=BUNDLED_DIR) -> list[tuple[dict, Path]]:
     "The bundled books as (metadata, path) pairs, each checked against its recorded SHA-256."
@@ -237,7 +236,7 @@ def bundled_documents(data_dir=BUNDLED_DIR) -> list[tuple[dict, Path]]:
 # %% ../nbs/01_corpus.ipynb #fd2747da
 GUTENBERG = 'https://www.gutenberg.org'
 URL_FORMS = ('cache/epub/{n}/pg{n}.txt', 'files/{n}/{n}-0.txt', 'files/{n}/{n}.txt')
-USER_AGENT = f'minillm/{minillm.__version__} (educational; a handful of books per run)'
+USER_AGENT = f'minillm/{package_version()} (educational; a handful of books per run)'
 
 class _Retry(Exception): "A failure worth retrying: a 5xx answer, a timeout, a broken connection or a short body."
 
@@ -357,19 +356,32 @@ def _gutenberg_header(path) -> dict:
     found = {k.lower(): v.strip() for k, v in re.findall(r'^\s*(Title|Author):\s*(.+)$', head, re.M | re.I)}
     return {'title': found.get('title'), 'author': found.get('author')}
 
+# %% ../nbs/01_corpus.ipynb #944ed423
+def text_files(paths: Iterable) -> list[Path]:
+    "The books that `paths` name: each file as given, and every `.txt` file inside a folder (sorted, subfolders too)."
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob('*.txt') if f.is_file() and not f.name.startswith('.'))
+            if not found: raise MinillmError(f'--files: the folder {p} holds no .txt file; put plain-text books '
+                                             f'(.txt) in it or name the files', ExitCode.USAGE)
+            out += found
+        elif p.is_file(): out.append(p)
+        else: raise MinillmError(f'--files: {p} is neither a file nor a folder; give paths of plain-text books '
+                                 f'or of folders of them', ExitCode.USAGE)
+    return out
+
 # %% ../nbs/01_corpus.ipynb #31669c12
 def build_corpus(out_dir, books: Iterable[int] | None = None, mirror: str | None = None, cache_dir=None,
                  files: Iterable | None = None, val_fraction: float = 0.1, timeout: float = 30.0,
                  retries: int = 3, backoff: float = 1.0, progress: bool = True) -> Path:
-    "Build `out_dir/corpus.txt` and `manifest.json` from Gutenberg `books`, local `files`, or the bundled corpus."
+    "Build `out_dir/corpus.txt` and `manifest.json` from Gutenberg `books`, local `files` (or folders), or the bundled corpus."
     if not 0 <= val_fraction < 1: raise MinillmError(f'--val-fraction must be in [0, 1), not {val_fraction}')
     if timeout <= 0 or retries < 0: raise MinillmError('--timeout must be > 0 and --retries >= 0')
     if books and mirror: check_mirror(mirror)
-    for p in files or ():
-        if not Path(p).is_file(): raise MinillmError(f'--files: {p} is not a file; give paths of plain-text books')
+    files = text_files(files or ())                 # your own books: read here, never sent anywhere
     out = ensure_writable_dir(out_dir, 'corpus output directory', ExitCode.CORPUS)
-    docs = [({'title': Path(p).name, 'author': None, 'gutenberg_id': None, 'source': str(p)}, Path(p))
-            for p in files or ()]
+    docs = [({'title': p.name, 'author': None, 'gutenberg_id': None, 'source': str(p.resolve())}, p) for p in files]
     if books:
         with tqdm(unit='B', unit_scale=True, unit_divisor=1024, desc='download', disable=not progress) as bar:
             for n in books:
@@ -399,7 +411,7 @@ class CorpusConfig:
     "One `minillm corpus` run; each field is a command-line option."
     out_dir: str = ''                # output directory for corpus.txt and manifest.json
     books: str | None = None         # comma-separated Project Gutenberg numbers (default: the bundled corpus)
-    files: list[str] | None = None   # local plain-text files to include
+    files: list[str] | None = None   # your own plain-text books: .txt files, or folders of them (read locally, never sent anywhere)
     mirror: str | None = None        # Project Gutenberg mirror or local server (default: https://www.gutenberg.org)
     cache: str | None = None         # download cache (default: $MINILLM_CACHE or ~/.cache/minillm/gutenberg)
     val_fraction: float = 0.1        # tail of each document held out for validation
@@ -422,11 +434,12 @@ def _corpus_command(args) -> int:
 def add_cli(subparsers) -> None:
     "Register `minillm corpus`: an option per `CorpusConfig` field."
     p = add_command(subparsers, 'corpus', _corpus_command,
-                    'build a clean corpus: the bundled books (offline), or Project Gutenberg books by number',
+                    'build a clean corpus: the bundled books (offline), your own .txt files, or Project Gutenberg books by number',
                     ['minillm corpus --out runs/corpus', 'minillm corpus --books 1342,11,84 --out runs/gutenberg',
+                     'minillm corpus --files my_books/ --out runs/mine',
                      'minillm corpus --books 1342 --mirror http://127.0.0.1:8000 --out /tmp/corpus'])
     add_options(p, CorpusConfig, flags={'out_dir': '--out', 'progress': '--quiet'}, out_dir=dict(required=True),
-                files=dict(nargs='+', metavar='FILE'))
+                files=dict(nargs='+', metavar='PATH'))
 
 # %% ../nbs/01_corpus.ipynb #3c092f55
 WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")  # letters, with apostrophes inside: o'er, thou'rt

@@ -18,13 +18,14 @@ from .model import MiniLLM
 from .checkpoint import find_checkpoint, load
 from .ngram import baseline_bpb
 from .tokenizer import Tokenizer, check_shards, read_meta, load_shard
+from .training import pick_device
 
 # %% auto #0
 __all__ = ['WORD', 'VALIDATE_PROMPTS', 'BASELINES', 'THRESHOLDS', 'check_sampling', 'filter_logits', 'penalize_repeats',
            'pick_next', 'next_tokens', 'StreamDecoder', 'StopScanner', 'stream', 'generate', 'token_nll', 'words_of',
            'distinct_bigrams', 'reference_bigrams', 'validation_inputs', 'corpus_words', 'score_split',
-           'CheckpointOptions', 'ValidateConfig', 'bpb_check', 'changed_thresholds', 'sample_checks', 'validate',
-           'check_report', 'evaluate', 'GenerateConfig', 'EvaluateConfig', 'add_cli']
+           'CheckpointOptions', 'ValidateConfig', 'resolve_device', 'bpb_check', 'changed_thresholds', 'sample_checks',
+           'validate', 'check_report', 'evaluate', 'GenerateConfig', 'EvaluateConfig', 'add_cli']
 
 # %% ../nbs/05_generation.ipynb #90bf3c7b
 def check_sampling(temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
@@ -266,7 +267,7 @@ def score_split(model: MiniLLM, tok: Tokenizer, data_dir: Path, max_tokens: int 
 class CheckpointOptions:
     "What every command that reads a checkpoint is told: which one, and where to run it."
     checkpoint_dir: str = ''   # a checkpoint directory or a training output directory
-    device: str = 'cpu'        # cpu, cuda or mps
+    device: str = 'auto'       # auto (a GPU when PyTorch sees one, as training does), cpu, cuda, cuda:N or mps
 
 @dataclass
 class ValidateConfig(CheckpointOptions):
@@ -283,6 +284,13 @@ class ValidateConfig(CheckpointOptions):
     temperature: float = 0.8           # sampling temperature of the samples
     top_k: int | None = 50             # the samples draw from the k most likely tokens
     max_tokens: int = 0                # validation tokens scored at most; 0: all of them
+
+# %% ../nbs/05_generation.ipynb #4f7bf247
+def resolve_device(name: str) -> torch.device:
+    "The device `--device NAME` means (chapter 4's `pick_device`), with a name PyTorch does not know refused in one line."
+    try: return pick_device(name)
+    except RuntimeError:
+        raise MinillmError(f'--device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps', ExitCode.USAGE) from None
 
 # %% ../nbs/05_generation.ipynb #06779712
 def _write_json(obj, path) -> None:
@@ -325,7 +333,7 @@ def validate(checkpoint_dir, **options) -> dict:
     "Check that a checkpoint learned real text: it beats counting, writes words, does not loop. `options`: ValidateConfig."
     cfg = ValidateConfig(checkpoint_dir=str(checkpoint_dir), **options)
     ck = find_checkpoint(cfg.checkpoint_dir)
-    model, tok = load(ck, cfg.device)
+    model, tok = load(ck, resolve_device(cfg.device))
     data, corpus = validation_inputs(ck, cfg.data_dir, cfg.corpus_dir)
     check_shards(data, ck / 'tokenizer.model', ExitCode.USAGE)        # complete, and encoded with this model's tokenizer
     scores = score_split(model, tok, data, cfg.max_tokens)
@@ -352,13 +360,13 @@ def check_report(report: dict) -> dict:
     raise MinillmError(f'validation failed: {why}; train longer or with more data, then validate again', ExitCode.VALIDATION)
 
 # %% ../nbs/05_generation.ipynb #51c34dd5
-def evaluate(checkpoint_dir, text_file, stride: int | None = None, device='cpu') -> dict:
+def evaluate(checkpoint_dir, text_file, stride: int | None = None, device='auto') -> dict:
     "Perplexity, bits per token, byte and character of a UTF-8 text file under a checkpoint, over the whole file."
     try: text = Path(text_file).read_text(encoding='utf-8')           # the text first: a typo fails before the model loads
     except (OSError, UnicodeDecodeError) as e:
         raise MinillmError(f'cannot read {text_file} as UTF-8 text ({e.__class__.__name__}: {e}); pass a UTF-8 text file', ExitCode.USAGE) from None
     if not text: raise MinillmError(f'{text_file} is empty: nothing to evaluate', ExitCode.USAGE)
-    model, tok = load(checkpoint_dir, device)
+    model, tok = load(checkpoint_dir, resolve_device(device))
     ids = [tok.eos_id] + tok.encode_array(text).tolist()              # an end-of-text token starts it, as in training
     nats = float(token_nll(model, ids, stride).sum())
     n, stride = len(ids) - 1, min(stride or model.config.block_size // 2, model.config.block_size)
@@ -404,10 +412,10 @@ def _write_one(model, tok, prompt: str, opts: dict, as_json: bool) -> None:
 def _run_generate(args) -> int:
     cfg = config_from_args(GenerateConfig, args)
     check_sampling(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty, cfg.max_new_tokens)
-    model, tok = load(cfg.checkpoint_dir, cfg.device)
+    model, tok = load(cfg.checkpoint_dir, resolve_device(cfg.device))
     opts = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                 repetition_penalty=cfg.repetition_penalty, stop=cfg.stop, seed=cfg.seed)
-    prompts = [cfg.prompt] if cfg.prompt is not None else []
+    prompts = [cfg.prompt if cfg.prompt is not None else '']         # no prompt: a new document
     while True:
         if cfg.interactive:
             try: line = input('> ' if sys.stdin.isatty() else '')

@@ -223,9 +223,9 @@ def _make_cache(self: MiniLLM, batch_size: int, device=None, dtype=None) -> KVCa
 MiniLLM.make_cache = _make_cache
 
 # %% ../nbs/03_model.ipynb #7c74475a
-def count_params(config: ModelConfig) -> int:
-    "Number of parameters of a `MiniLLM` with this config, from the formula (a tied head adds none)."
-    c = config
+def count_params(config: ModelConfig | MiniLLM) -> int:
+    "Number of parameters of a `MiniLLM` with this config (or of this model), from the formula (a tied head adds none)."
+    c = getattr(config, 'config', config)                      # a model carries its config
     attn = c.n_embd * (c.n_head + 2 * c.n_kv_head) * c.head_dim + c.n_head * c.head_dim * c.n_embd
     mlp = 3 * c.n_embd * c.mlp_hidden
     per_layer = attn + mlp + 2 * c.n_embd                      # two RMSNorm gains

@@ -9,18 +9,22 @@ import signal, subprocess, sys, tempfile, threading, time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import minillm
-from .core import (ExitCode, MinillmError, add_command, add_options, config_from_args, atomic_write, ensure_free_disk, parse_duration,
-                          ensure_writable_dir, run_lock, sha256_file)
+from .core import (ExitCode, MinillmError, add_command, add_options, config_from_args, atomic_write, ensure_free_disk,
+                          ensure_writable_dir, package_dir, package_version, run_lock, sha256_file)
 from .checkpoint import check_start_flags, has_checkpoints
-from .corpus import check_mirror, parse_books
+from .corpus import check_mirror, parse_books, text_files
+from .generation import THRESHOLDS, resolve_device
+from .model import MODEL_PRESETS
+from .tokenizer import check_vocab_size
+from .training import TrainConfig, check_config
 
 # %% auto #0
 __all__ = ['PHASES', 'REQUIRED_PACKAGES', 'KERNEL_NAME', 'PipelineConfig', 'Phase', 'training_budget', 'phase_parameters',
-           'find_notebooks', 'check_packages', 'install_kernel', 'check_kernel', 'check_prerequisites', 'make_notebook',
-           'run_notebook', 'resolve_resume', 'phase_fingerprint', 'corpus_intact', 'outputs_present', 'versions',
-           'git_commit', 'samples_of', 'report_markdown', 'write_report', 'check_outputs', 'forward_interrupts',
-           'resume_command', 'make_standin_notebooks', 'run_pipeline', 'add_cli']
+           'find_notebooks', 'check_packages', 'install_kernel', 'check_kernel', 'check_validation_params',
+           'check_options', 'check_prerequisites', 'make_notebook', 'run_notebook', 'resolve_resume',
+           'phase_fingerprint', 'corpus_intact', 'outputs_present', 'versions', 'git_commit', 'samples_of',
+           'report_markdown', 'write_report', 'check_outputs', 'forward_interrupts', 'resume_command',
+           'make_standin_notebooks', 'run_pipeline', 'add_cli']
 
 # %% ../nbs/06_pipeline.ipynb #3699c4ff
 @dataclass
@@ -33,6 +37,7 @@ class PipelineConfig:
     model: str = 'default'          # model shape, a preset of chapter 3: nano, default, small, medium or tiny
     vocab_size: int = 4096          # tokens the tokenizer learns
     books: str = ''                 # comma-separated Project Gutenberg numbers; '' is the bundled corpus (offline)
+    files: list[str] | None = None  # your own plain-text books: .txt files or folders of them (read here, never sent anywhere)
     mirror: str = ''                # Project Gutenberg mirror or local server for --books
     skip_corpus: bool = False       # reuse RUN/corpus from an earlier run
     resume: bool = False            # continue training from existing checkpoints without asking
@@ -65,9 +70,11 @@ def training_budget(max_time: str) -> str:
 def phase_parameters(name: str, cfg: PipelineConfig) -> dict:
     "The papermill parameters of phase `name` for the run `cfg`."
     run = Path(cfg.run_dir).resolve()
-    return {'corpus': lambda: dict(out_dir=str(run/'corpus'), books=cfg.books, mirror=cfg.mirror),
+    files = [str(Path(f).resolve()) for f in cfg.files] if cfg.files else None  # the kernels run elsewhere
+    return {'corpus': lambda: dict(out_dir=str(run/'corpus'), books=cfg.books, mirror=cfg.mirror, files=files,
+                                   show_demos=False),
             'tokenizer': lambda: dict(corpus_dir=str(run/'corpus'), out_dir=str(run/'data'),
-                                      vocab_size=cfg.vocab_size, show_stats=False),
+                                      vocab_size=cfg.vocab_size, show_stats=False, show_demos=False),
             'model': lambda: dict(show_benchmarks=False),
             'training': lambda: dict(data_dir=str(run/'data'), out_dir=str(run/'train'), epochs=cfg.epochs,
                                      batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, model=cfg.model,
@@ -80,7 +87,7 @@ def phase_parameters(name: str, cfg: PipelineConfig) -> dict:
 # %% ../nbs/06_pipeline.ipynb #426f28aa
 def find_notebooks(override: str = '') -> Path:
     "The folder holding the chapter notebooks: `override`, the packaged copy, or the repository's `nbs/`."
-    pkg = Path(minillm.__file__).parent
+    pkg = package_dir()
     candidates = [Path(override)] if override else [pkg/'nbs', pkg.parent/'nbs']
     for d in candidates:
         if all((d/p.notebook).is_file() for p in PHASES): return d
@@ -128,9 +135,30 @@ def check_kernel() -> str:
                            f'`{sys.executable} -m ipykernel install --user`', ExitCode.USAGE) from None
     return KERNEL_NAME
 
+# %% ../nbs/06_pipeline.ipynb #435758f2
+def check_validation_params(params: dict) -> None:
+    "Refuse a `--validation-param` that is not a threshold of chapter 5, or whose value is not a number >= 0."
+    for k, v in params.items():
+        if k not in THRESHOLDS:
+            raise MinillmError(f'--validation-param {k}: not a validation threshold; the pipeline sets where the '
+                               f'checkpoint and data are, and takes only {", ".join(THRESHOLDS)}', ExitCode.USAGE)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float('inf'):
+            raise MinillmError(f'--validation-param {k}={v!r}: a threshold is a number, 0 or more', ExitCode.USAGE)
+
+def check_options(cfg: PipelineConfig) -> None:
+    "Refuse, before any phase runs, every option that a phase would fail on later (one line, exit code 1)."
+    if cfg.books: parse_books(cfg.books)
+    if cfg.mirror: check_mirror(cfg.mirror)
+    if cfg.files: text_files(cfg.files)
+    check_vocab_size(cfg.vocab_size, ExitCode.USAGE)
+    check_config(TrainConfig(**phase_parameters('training', cfg)))  # model preset, numbers, time budget
+    resolve_device(cfg.device)
+    check_validation_params(cfg.validation)
+
 # %% ../nbs/06_pipeline.ipynb #73d1a9f2
 def check_prerequisites(cfg: PipelineConfig) -> Path:
-    "Check everything the run needs before it starts; return the folder of the chapter notebooks."
+    "Check every option and everything the run needs before it starts; return the folder of the chapter notebooks."
+    check_options(cfg)
     if sys.version_info < (3, 10):
         raise MinillmError(f'Python {platform.python_version()} is too old: minillm needs 3.10 or newer; '
                            f'install a newer Python and reinstall minillm', ExitCode.USAGE)
@@ -203,7 +231,8 @@ def phase_fingerprint(name: str, cfg: PipelineConfig) -> str | None:
     run = Path(cfg.run_dir)
     # paths are left out, so a run directory that is moved or copied keeps its fingerprints
     params = {k: v for k, v in phase_parameters(name, cfg).items() if not k.endswith(('_dir', '_path'))}
-    if name == 'corpus': return _sha(params)
+    if name == 'corpus':  # your own books: a changed file (size or time) builds the corpus again
+        return _sha([params] + [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in text_files(cfg.files or ())])
     if name == 'tokenizer':
         m = run/'corpus'/'manifest.json'
         return _sha([params, json.loads(m.read_text())['sha256']]) if m.exists() else None
@@ -226,7 +255,7 @@ def outputs_present(name: str, run) -> bool:
 # %% ../nbs/06_pipeline.ipynb #fe0e1b8b
 def versions() -> dict:
     "Versions of Python, minillm and the libraries the run depends on."
-    out = {'python': platform.python_version(), 'platform': platform.platform(), 'minillm': minillm.__version__}
+    out = {'python': platform.python_version(), 'platform': platform.platform(), 'minillm': package_version()}
     for name in ('torch', 'numpy', 'sentencepiece', 'papermill'):
         try: out[name] = importlib.import_module(name).__version__
         except Exception: out[name] = None
@@ -235,7 +264,7 @@ def versions() -> dict:
 def git_commit() -> str | None:
     "The git commit of the minillm source when it runs from a clone, else None."
     try:
-        r = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=Path(minillm.__file__).parent, capture_output=True,
+        r = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=package_dir(), capture_output=True,
                            text=True, timeout=10)
         return r.stdout.strip() or None if r.returncode == 0 else None
     except (OSError, subprocess.SubprocessError): return None
@@ -261,11 +290,16 @@ def _table(d: dict) -> str:
             for k, v in d.items() if not isinstance(v, (dict, list))]
     return '\n'.join(['| | |', '|---|---|'] + rows) + '\n'
 
+def _verdict(summary: dict) -> str:
+    if not summary.get('failure'): return '**Validation passed**: the model writes text that counting cannot.\n'
+    return (f'**Validation failed**: {summary["failure"]}\n\nThe trained checkpoints are in `train/`; the '
+            f'numbers below show how far the model got, and `validation.json` has every check.\n')
+
 def report_markdown(summary: dict, run: Path) -> str:
-    "The report for people: configuration, timings, metrics, loss curve and samples."
+    "The report for people: the verdict, configuration, timings, metrics, loss curve and samples."
     parts = [f'# minillm run {run.name}\n', f'Finished {summary["finished"]}, git commit '
              f'{summary["git_commit"] or "unknown"}, Python {summary["versions"]["python"]}, '
-             f'PyTorch {summary["versions"]["torch"]}.\n', '## Configuration\n', _table(summary['config']),
+             f'PyTorch {summary["versions"]["torch"]}.\n', _verdict(summary), '## Configuration\n', _table(summary['config']),
              '## Phases\n', _table({k: f'{v:.1f} s' for k, v in summary['phase_seconds'].items()}),
              '## Training\n', _table(summary['training'])]
     if (run/'train'/'loss.png').exists(): parts.append('![loss curve](train/loss.png)\n')
@@ -275,11 +309,12 @@ def report_markdown(summary: dict, run: Path) -> str:
     return '\n'.join(parts)
 
 # %% ../nbs/06_pipeline.ipynb #29a0e984
-def write_report(cfg: PipelineConfig, durations: dict, skipped: list) -> Path:
-    "Write `RUN/summary.json` and `RUN/report.md`; return the report's path."
+def write_report(cfg: PipelineConfig, durations: dict, skipped: list, failure: str | None = None) -> Path:
+    "Write `RUN/summary.json` and `RUN/report.md` (`failure`: why validation failed); return the report's path."
     run = Path(cfg.run_dir)
     train, val = _read_json(run/'train'/'summary.json'), _read_json(run/'validation.json')
-    summary = dict(config=asdict(cfg), versions=versions(), git_commit=git_commit(),
+    summary = dict(status='validation failed' if failure else 'passed', failure=failure,
+                   config=asdict(cfg), versions=versions(), git_commit=git_commit(),
                    finished=dt.datetime.now().isoformat(timespec='seconds'), phase_seconds=durations,
                    skipped_phases=skipped, training=train, validation=val)
     with atomic_write(run/'summary.json') as f: json.dump(summary, f, indent=2, default=str)
@@ -393,9 +428,9 @@ def make_standin_notebooks(folder, fail: str = '') -> Path:
     return folder
 
 # %% ../nbs/06_pipeline.ipynb #7b725231
-def _run_phases(cfg: PipelineConfig, nbs: Path, stops: list, quiet: bool) -> tuple[dict, list]:
+def _run_phases(cfg: PipelineConfig, nbs: Path, stops: list, quiet: bool, durations: dict, skipped: list) -> tuple[dict, list]:
     run = Path(cfg.run_dir); (run/'notebooks').mkdir(exist_ok=True)
-    state_path, durations, skipped = run/'pipeline_state.json', {}, []
+    state_path = run/'pipeline_state.json'
     state = _read_json(state_path)
     for i, phase in enumerate(PHASES, 1):
         if stops: raise _interrupted(cfg, f'before {phase.name}')
@@ -405,6 +440,7 @@ def _run_phases(cfg: PipelineConfig, nbs: Path, stops: list, quiet: bool) -> tup
             skipped.append(phase.name); continue
         _header(i, phase, dest); t0 = time.perf_counter()
         state.pop(phase.name, None)
+        if phase.name == 'validation': (run/'validation.json').unlink(missing_ok=True)  # never an old verdict
         try: run_notebook(nbs/phase.notebook, dest, phase_parameters(phase.name, cfg), phase.exit_code, quiet=quiet)
         except MinillmError as e:  # a kernel the interrupt reached while it started fails its own way: still an interrupt
             if e.exit_code == ExitCode.INTERRUPTED or stops: raise _interrupted(cfg, f'during {phase.name}', dest) from None
@@ -419,11 +455,17 @@ def _run_phases(cfg: PipelineConfig, nbs: Path, stops: list, quiet: bool) -> tup
 
 # %% ../nbs/06_pipeline.ipynb #23097dfe
 def run_pipeline(cfg: PipelineConfig, ask=None, isatty=None, quiet: bool = False) -> Path:
-    "Run every phase for `cfg`, holding the run directory's lock; return the path of the report."
+    "Run every phase for `cfg`, holding the run directory's lock; return the path of the report (written when validation fails too)."
     nbs = check_prerequisites(cfg)
     with run_lock(cfg.run_dir):  # a second pipeline into this directory is refused, never interleaved
         resolve_resume(cfg, ask, isatty)
-        with forward_interrupts() as stops: durations, skipped = _run_phases(cfg, nbs, stops, quiet)
+        durations, skipped = {}, []
+        with forward_interrupts() as stops:
+            try: _run_phases(cfg, nbs, stops, quiet, durations, skipped)
+            except MinillmError as e:  # a model that did not learn: the run a user most needs to read
+                if e.exit_code == ExitCode.VALIDATION:
+                    print(f'\nreport: {write_report(cfg, durations, skipped, failure=str(e))}', flush=True)
+                raise
         return write_report(cfg, durations, skipped)
 
 # %% ../nbs/06_pipeline.ipynb #d86a4516
@@ -440,10 +482,7 @@ def _positive(kind):
 # %% ../nbs/06_pipeline.ipynb #badddd1e
 def _pipeline_command(args) -> int:
     cfg = config_from_args(PipelineConfig, args, validation=dict(args.validation_param))
-    if training_budget(cfg.max_time): parse_duration(cfg.max_time)  # bad values are usage errors, up front
-    if cfg.books: parse_books(cfg.books)
-    if cfg.mirror: check_mirror(cfg.mirror)
-    report = run_pipeline(cfg)
+    report = run_pipeline(cfg)  # every option is checked before the first phase (check_options)
     val = _read_json(Path(cfg.run_dir)/'validation.json')
     samples = samples_of(val)
     print(f'\nreport: {report}')
@@ -463,8 +502,10 @@ def add_cli(subparsers) -> None:
     "Register `minillm pipeline`: an option per `PipelineConfig` field, and `--validation-param`."
     p = add_command(subparsers, 'pipeline', _pipeline_command,
                     'run every chapter notebook with papermill: corpus, tokenizer, model, training, validation',
-                    ['minillm pipeline', 'minillm pipeline --epochs 5 --run-dir runs/quick',
+                    ['minillm pipeline', 'minillm pipeline --files my_books/ --run-dir runs/mine',
+                     'minillm pipeline --books 1342,11 --run-dir runs/pg', 'minillm pipeline --epochs 5 --run-dir runs/quick',
                      'minillm pipeline --run-dir runs/quick --resume'])
-    add_options(p, PipelineConfig, skip=['validation'], types={'int': _positive(int), 'float': _positive(float)})
+    add_options(p, PipelineConfig, skip=['validation'], types={'int': _positive(int), 'float': _positive(float)},
+                model=dict(choices=list(MODEL_PRESETS)), files=dict(nargs='+', metavar='PATH'))
     p.add_argument('--validation-param', action='append', type=_validation_param, default=[], metavar='NAME=VALUE',
-                   help='extra parameter for 05_generation.ipynb, e.g. a validation threshold (repeatable)')
+                   help=f'a validation threshold of 05_generation.ipynb: {", ".join(THRESHOLDS)} (repeatable)')

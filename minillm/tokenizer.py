@@ -20,9 +20,9 @@ from .core import (MinillmError, ExitCode, add_command, add_options, config_from
 
 # %% auto #0
 __all__ = ['DEFAULT_VOCAB_SIZE', 'SPECIAL_IDS', 'USER_SYMBOLS', 'N_RESERVED', 'MAX_TRAIN_BYTES', 'MAX_LINE_CHARS', 'SPACE_SYMBOL',
-           'META_KEYS', 'corpus_manifest', 'split_bytes', 'num_threads', 'training_lines', 'train_tokenizer',
-           'Tokenizer', 'WordCache', 'encode_shards', 'read_meta', 'load_shard', 'check_shards', 'TokenizerConfig',
-           'add_cli']
+           'META_KEYS', 'corpus_manifest', 'split_bytes', 'num_threads', 'training_lines', 'check_vocab_size',
+           'train_tokenizer', 'Tokenizer', 'WordCache', 'encode_shards', 'read_meta', 'load_shard', 'check_shards',
+           'TokenizerConfig', 'add_cli']
 
 # %% ../nbs/02_tokenizer.ipynb #73007e60
 def corpus_manifest(corpus_dir) -> dict:
@@ -85,14 +85,18 @@ def _vocab_error(e: Exception, vocab_size: int) -> MinillmError:
     return MinillmError(f'training the tokenizer failed: {msg.splitlines()[-1] if msg else e!r}', ExitCode.TOKENIZER)
 
 # %% ../nbs/02_tokenizer.ipynb #ef95cc81
+def check_vocab_size(vocab_size: int, exit_code: int = ExitCode.TOKENIZER) -> None:
+    "Refuse a vocabulary with no room for learned pieces beside the reserved ids (the pipeline checks it up front)."
+    if vocab_size <= N_RESERVED:
+        raise MinillmError(f'vocabulary size {vocab_size} is too small: {N_RESERVED} ids are reserved (4 special '
+                           f'tokens, 256 bytes, newline); use --vocab-size {N_RESERVED + 256} or more', exit_code)
+
 def train_tokenizer(corpus_dir, out_dir, vocab_size: int = DEFAULT_VOCAB_SIZE, model_type: str = 'bpe',
                     max_train_bytes: int = MAX_TRAIN_BYTES, seed: int = 0) -> Path:
     "Train a SentencePiece model on the training split of `corpus_dir`; return `out_dir/tokenizer.model`."
     if model_type not in ('bpe', 'unigram'):
         raise MinillmError(f'unknown model type {model_type!r}: use bpe or unigram', ExitCode.USAGE)
-    if vocab_size <= N_RESERVED:
-        raise MinillmError(f'vocabulary size {vocab_size} is too small: {N_RESERVED} ids are reserved (4 special '
-                           f'tokens, 256 bytes, newline); use --vocab-size {N_RESERVED + 256} or more', ExitCode.TOKENIZER)
+    check_vocab_size(vocab_size)
     total = split_bytes(corpus_manifest(corpus_dir), 'train')
     if total == 0: raise MinillmError(f'corpus {corpus_dir} has no training text; rebuild it with more books', ExitCode.TOKENIZER)
     out = ensure_writable_dir(out_dir) / 'tokenizer.model'

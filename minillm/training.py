@@ -473,7 +473,8 @@ def save(run: RunSpec, state: LoopState, s: Session, name: str) -> None:
     "Checkpoint `name` (`last` or `best`) of the run as it stands (section 4.1's `save_checkpoint`); rank 0 writes."
     check_finite(run, state, s)   # never write a diverged model over a good one
     if run.rank == 0:
-        save_checkpoint(run.ck_root, name, s.model, s.opt, state.to_dict(), asdict(run.cfg), run.data / 'tokenizer.model', run.device)
+        paths = dict(data_dir=str(run.data.resolve()), out_dir=str(run.out.resolve()))  # absolute: read from anywhere
+        save_checkpoint(run.ck_root, name, s.model, s.opt, state.to_dict(), {**asdict(run.cfg), **paths}, run.data / 'tokenizer.model', run.device)
 
 # %% ../nbs/04_training.ipynb #ae48f726
 def schedule_end(run: RunSpec, state: LoopState) -> int:
@@ -644,7 +645,8 @@ def plot_losses(metrics: list[dict], path: Path) -> None:
     from matplotlib.figure import Figure
     fig = Figure(figsize=(5.5, 3), dpi=80); ax = fig.subplots()
     t = [m['tokens'] / 1e6 for m in metrics]
-    ax.plot(t, [m['train_loss'] for m in metrics], label='train'); ax.plot(t, [m['val_loss'] for m in metrics], label='validation')
+    dots = dict(marker='o') if len(t) < 3 else {}  # one evaluation is a point: a line alone would not show it
+    ax.plot(t, [m['train_loss'] for m in metrics], label='train', **dots); ax.plot(t, [m['val_loss'] for m in metrics], label='validation', **dots)
     ax.set_xlabel('tokens seen (millions)'); ax.set_ylabel('loss (nats/token)'); ax.legend(); ax.grid(alpha=.3)
     fig.tight_layout()
     with atomic_write(path, 'wb', encoding=None) as f: fig.savefig(f, format='png')
@@ -750,8 +752,10 @@ def _run_train(args) -> int:
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
     if int(os.environ.get('RANK', '0')) == 0:
+        val = ('no evaluation yet' if s['final_val_loss'] is None
+               else f'val loss {s["final_val_loss"]}, {s["final_val_bpb"]} bits/byte')
         print(f'{s["status"]}: {s["steps"]} steps, {s["tokens"]:,} tokens in {s["elapsed_s"]:.0f} s '
-              f'({s["tokens_per_s"]:,} tokens/s); val loss {s["final_val_loss"]}, {s["final_val_bpb"]} bits/byte -> {cfg.out_dir}')
+              f'({s["tokens_per_s"]:,} tokens/s); {val} -> {cfg.out_dir}')
     return 0
 
 def add_cli(subparsers) -> None:

@@ -168,8 +168,10 @@ def test_parameters_reach_the_phases(recorded, standins):
                               '--model', 'nano', '--validation-param', 'min_word_fraction=0.9', *FAST])
     assert code == 0, err
     r = str(run.resolve())
-    assert calls['01_corpus'] == dict(out_dir=f'{r}/corpus', books='11,12', mirror='http://127.0.0.1:9')
-    assert calls['02_tokenizer'] == dict(corpus_dir=f'{r}/corpus', out_dir=f'{r}/data', vocab_size=300, show_stats=False)
+    assert calls['01_corpus'] == dict(out_dir=f'{r}/corpus', books='11,12', mirror='http://127.0.0.1:9', files=None,
+                                      show_demos=False)
+    assert calls['02_tokenizer'] == dict(corpus_dir=f'{r}/corpus', out_dir=f'{r}/data', vocab_size=300, show_stats=False,
+                                         show_demos=False)
     assert calls['03_model'] == dict(show_benchmarks=False)
     assert calls['04_training'] == dict(data_dir=f'{r}/data', out_dir=f'{r}/train', epochs=5, batch_size=8,
                                         learning_rate=1e-3, model='nano', device='cpu', max_time='10m',
@@ -191,7 +193,8 @@ def test_parameters_reach_the_phases(recorded, standins):
 def test_argument_errors(args, message, capsys):
     with pytest.raises(SystemExit) as e: main(['pipeline', *args])
     err = capsys.readouterr().err
-    assert e.value.code == 1 and err.startswith('usage: minillm') and message in err
+    assert e.value.code == 1 and err.startswith('minillm pipeline: error: ') and message in err
+    assert err.count('\n') == 1 and err.endswith('see `minillm pipeline --help`\n')  # one line, no usage summary
     assert 'Traceback' not in err
 
 
@@ -204,7 +207,7 @@ def test_bad_time_budget_is_a_usage_error(tmp_path, capsys):
 def test_argument_error_in_a_real_process(tmp_path):
     r = subprocess.run([sys.executable, '-m', 'minillm', 'pipeline', '--epochs', 'x'], capture_output=True,
                        text=True, cwd=tmp_path)
-    assert r.returncode == 1 and 'usage: minillm pipeline' in r.stderr and 'Traceback' not in r.stderr
+    assert r.returncode == 1 and 'minillm pipeline: error: ' in r.stderr and 'Traceback' not in r.stderr
 
 
 def test_help_shows_defaults_and_examples(capsys):
@@ -387,7 +390,9 @@ def test_unmeetable_validation_is_exit_5(e2e, tmp_path):
     assert last.startswith('minillm pipeline: error: validation failed: real_words ') and '(needs >= 1.01)' in last
     assert 'bits_per_byte' not in last
     assert last.endswith(f'(executed notebook: {run}/notebooks/05_generation.ipynb)')
-    assert not (run/'report.md').exists()
+    report = (run/'report.md').read_text()  # written all the same, saying why (issue 20, item 9)
+    assert '**Validation failed**: validation failed: real_words ' in report and f'report: {run}/report.md' in out
+    assert json.loads((run/'summary.json').read_text())['status'] == 'validation failed'
 
 
 @pytest.mark.parametrize('report, message', [
@@ -400,7 +405,7 @@ def test_validation_must_leave_a_passing_report(report, message, tmp_path):
     pl.make_notebook(nbs/'05_generation.ipynb', notebook_parameters(nbs/'05_generation.ipynb'), body)
     code, out, err = run_cli(['pipeline', '--run-dir', tmp_path/'run', '--notebooks', nbs, *FAST])
     assert code == ExitCode.VALIDATION and message in err, err
-    assert not (tmp_path/'run'/'report.md').exists()
+    assert message in (tmp_path/'run'/'report.md').read_text()  # the failed run's report says why
 
 
 def test_sigterm_reaches_the_training_notebook_which_saves_then_exit_130(tmp_path):

@@ -174,7 +174,7 @@ def test_cli_version_and_help():
         assert re.search(rf'^\s+{name}\b', r.stdout, re.M), f'{name} not listed in --help'
         assert re.search(rf'^\s+minillm {name}\b', r.stdout, re.M), f'no example for {name} in --help'
     r = run([sys.executable, '-m', 'minillm', '--no-such-option'])
-    assert r.returncode == 1 and 'Traceback' not in r.stderr and 'usage:' in r.stderr
+    assert r.returncode == 1 and 'Traceback' not in r.stderr and 'minillm: error: ' in r.stderr
 
 
 def _runtime_closure() -> set[str]:
