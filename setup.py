@@ -20,6 +20,7 @@ py_versions = '3.10 3.11 3.12 3.13'.split()
 
 requirements = shlex.split(cfg.get('requirements', ''))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
+lab_requirements = shlex.split(cfg.get('lab_requirements', ''))  # a learner's: JupyterLab, to run the chapters
 lic = licenses[cfg['license'].lower()]
 min_python = cfg['min_python']
 lic_str = 'License :: ' + lic[1]
@@ -47,7 +48,7 @@ setuptools.setup(
     include_package_data=True,
     package_data={'minillm': ['data/*.xz', 'data/*.json', 'nbs/*.ipynb']},
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require={'dev': dev_requirements, 'lab': lab_requirements},
     python_requires='>=' + cfg['min_python'],
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

@@ -379,6 +379,15 @@ def test_end_to_end(e2e):
 
 
 @needs_thresholds
+def test_a_successful_run_prints_no_fake_errors(e2e):
+    "The chapters' demonstrations of errors and the checks of an untrained model stay out of a passing run's terminal (issue 20, item 10)."
+    run, r = e2e
+    assert r.returncode == 0, r.stderr
+    for fake in ("bad --books value", 'not found on http', 'no corpus in', 'error:', 'exit 2:', 'FAIL '):
+        assert fake not in r.stdout + r.stderr, fake
+
+
+@needs_thresholds
 def test_unmeetable_validation_is_exit_5(e2e, tmp_path):
     run = copy_run(e2e[0], tmp_path/'run', ['corpus', 'data', 'train', 'pipeline_state.json'])
     nbs = mixed_notebooks(tmp_path/'nbs', real={'validation'})
