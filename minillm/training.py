@@ -21,8 +21,8 @@ from .tokenizer import read_meta, load_shard, check_shards
 __all__ = ['TrainConfig', 'check_config', 'epoch_windows', 'get_batch', 'bits_per_byte', 'make_optimizer', 'lr_at', 'pick_device',
            'autocast', 'measure_dtype', 'recover_checkpoints', 'write_checkpoint_dir', 'save_checkpoint',
            'load_checkpoint', 'model_config', 'check_data', 'init_distributed', 'ranks_in_sync', 'evaluate_loss',
-           'train_step', 'StopFlag', 'resume_point', 'resolve_start', 'plot_losses', 'train', 'add_train_options',
-           'add_cli']
+           'train_step', 'fastest_threads', 'StopFlag', 'resume_point', 'resolve_start', 'plot_losses', 'train',
+           'add_train_options', 'add_cli']
 
 # %% ../nbs/04_training.ipynb #3c4c5030
 MODEL_PRESETS.setdefault('tiny', dict(block_size=64, n_layer=2, n_head=2, n_kv_head=2, n_embd=64))  # for tests and this page
@@ -318,20 +318,34 @@ def evaluate_loss(model, val: np.ndarray, block_size: int, batch_size: int, n_ba
     return total / count
 
 # %% ../nbs/04_training.ipynb #0a8e4811
-def train_step(model, opt, batches, lr: float, cfg: TrainConfig, device, dtype: str) -> torch.Tensor:
-    "One optimizer step over the micro-batches `batches`; returns the mean loss (a tensor, not synced)."
-    total = torch.zeros((), device=device)
+def train_step(model, opt, batches, lr: float, cfg: TrainConfig, device,
+               dtype: str) -> torch.Tensor:
+    "One optimizer step over the micro-batches `batches`; the mean loss (unsynced)."
+    total, n = 0.0, len(batches)
     for i, (x, y) in enumerate(batches):
-        last = i == len(batches) - 1
-        sync = model.no_sync() if hasattr(model, 'no_sync') and not last else contextlib.nullcontext()
-        with sync:
-            with autocast(device, dtype): loss = model(x, y)[1] / len(batches)
+        ddp_wait = hasattr(model, 'no_sync') and i < n - 1  # DDP syncs the last only
+        with model.no_sync() if ddp_wait else contextlib.nullcontext():
+            with autocast(device, dtype): loss = model(x, y)[1]
+            if n > 1: loss = loss / n              # the summed gradient is a mean
             loss.backward()
-        total += loss.detach()
+        total = total + loss.detach()
     if cfg.clip: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
     for g in opt.param_groups: g['lr'] = lr
-    opt.step(); opt.zero_grad(set_to_none=True)
+    opt.step(); opt.zero_grad(set_to_none=True)  # None, not zeros: no pass over memory
     return total
+
+def fastest_threads(step, counts=None, repeats: int = 2) -> int:
+    "Time `step()` on 1 thread, then on all cores; set torch to the faster; return it."
+    cores = os.cpu_count() if not hasattr(os, 'sched_getaffinity') else \
+            len(os.sched_getaffinity(0))
+    seconds = {}
+    for n in counts or sorted({1, cores}):
+        torch.set_num_threads(n); step()              # a first step warms the count up
+        t0 = time.perf_counter()
+        for _ in range(repeats): step()
+        seconds[n] = time.perf_counter() - t0
+    torch.set_num_threads(best := min(seconds, key=seconds.get))
+    return best
 
 # %% ../nbs/04_training.ipynb #ad238832
 class StopFlag:

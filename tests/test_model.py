@@ -114,7 +114,7 @@ def test_shapes_and_dtypes(model):
     # the cache works under bfloat16 weights too
     m16 = MiniLLM(tiny()).to(torch.bfloat16).eval()
     cache = m16.make_cache(3)
-    assert isinstance(cache, KVCache) and cache.k.dtype == torch.bfloat16
+    assert isinstance(cache, KVCache) and cache.k[0].dtype == torch.bfloat16
     with torch.no_grad(): assert m16(idx, cache=cache)[0].dtype == torch.bfloat16
     assert cache.pos == 16
 
