@@ -1,73 +1,150 @@
-"""Training throughput of minillm's loop at nanoGPT's CPU shape, and model-FLOPs utilisation.
+"""Training speed of minillm's real step, eager and compiled, on 1 or all threads, and its MFU.
 
-nanoGPT's published CPU recipe (shakespeare_char on a laptop: 4 layers, 4 heads, width 128, context 64,
-batch 12, float32, vocabulary 65) trains at about 24,000 tokens/s on this project's 2-core reference
-machine. This script times the same shape through minillm's own pieces (memory-mapped batches,
-`train_step`: forward, backward, clipping, fused AdamW) and reports tokens/s and MFU against the measured
-float32 matrix-multiply peak.
+Each measurement is a fresh process that builds the model (`MiniLLM`), the optimizer (`make_optimizer`)
+and runs the training loop's step (`get_batch` from a memory-mapped shard, `lr_at`, `train_step`) for
+`--steps` steps after `--skip` untimed ones, timing every step; the figure is the median step. The
+variants run alternately (A, B, A, B...) for `--rounds` rounds, so a machine whose speed drifts, or
+that other programs share, affects them alike. MFU is tokens/s x matmul FLOPs per token (chapter 3's
+`flops_per_token`) over the measured float32 matrix-multiply peak (n=2048, median of 5, same threads).
 
-    python benchmarks/train_speed.py                  # nano shape, vocab 65 and 4096
-    taskset -c 0,1 python benchmarks/train_speed.py   # pinned to 2 cores
+    python benchmarks/train_speed.py                                 # nano and default, eager vs compiled, 2 threads
+    python benchmarks/train_speed.py --shapes nano --threads 1 2     # 1 against 2 threads, eager
+    python benchmarks/train_speed.py --variants eager --wait-policy default PASSIVE
+    python benchmarks/train_speed.py --compile-times                 # compile: a cold cache, then a warm one
+
+Variants: `eager`, `compiled` (`minillm.model.compiled`, as `minillm train --compile`). With a
+compiled variant the first round starts from whatever the compile cache holds; `--compile-times`
+measures the first step of a run with an empty cache folder, then of a second run with that folder
+(the repeat run's compile overhead). OpenMP's wait policy (`--wait-policy`) is read when a process
+starts, so each setting is its own process: PASSIVE makes idle threads sleep instead of spinning,
+which matters when other programs share the cores.
 """
-import argparse, json, os, time, tempfile
+import argparse, itertools, json, os, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from minillm.model import MiniLLM, ModelConfig, flops_per_token
-from minillm.training import TrainConfig, get_batch, epoch_windows, make_optimizer, train_step, lr_at
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe, header  # noqa: E402
 
-
-def matmul_peak(n: int = 1024, reps: int = 20) -> float:
-    "Measured float32 matmul FLOP/s (best of `reps`)."
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3): a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(reps))
-    return 2 * n ** 3 / best
+SHAPES = {  # name: (vocab, context, batch), 4 layers, 4 heads, width 128
+    'nano': (65, 64, 12),        # nanoGPT's CPU recipe (characters)
+    'default': (4096, 128, 32),  # minillm's default model and batch
+}
 
 
-def _timed(f) -> float:
-    t = time.perf_counter(); f(); return time.perf_counter() - t
-
-
-def loop_speed(vocab: int, steps: int, batch: int, block: int, compile: bool = False) -> float:
-    "Tokens per second of the training loop (batches from a memmap, train_step) after a warmup."
-    mc = ModelConfig(vocab_size=vocab, block_size=block, n_layer=4, n_head=4, n_kv_head=4, n_embd=128)
+def worker(shape: str, variant: str, steps: int, skip: int, peak: bool, cpu_time: bool = False) -> dict:
+    "Per-step milliseconds of the real training step at `shape` (one process, one variant)."
+    import torch
+    from minillm.model import MiniLLM, ModelConfig, compiled, flops_per_token
+    from minillm.training import TrainConfig, epoch_windows, get_batch, lr_at, make_optimizer, train_step
+    vocab, T, B = SHAPES[shape]
+    mc = ModelConfig(vocab_size=vocab, block_size=T, n_layer=4, n_head=4, n_kv_head=4, n_embd=128)
+    cfg = TrainConfig(batch_size=B, learning_rate=1e-3, warmup=10)
+    cpu = torch.device('cpu')
     torch.manual_seed(0)
-    model = MiniLLM(mc); net = torch.compile(model) if compile else model
-    cfg = TrainConfig(batch_size=batch, learning_rate=1e-3, warmup=10)
-    opt = make_optimizer(model, cfg, torch.device('cpu'))
+    model = MiniLLM(mc)
+    opt = make_optimizer(model, cfg, cpu)
+    net = compiled(model) if variant == 'compiled' else model
     with tempfile.TemporaryDirectory() as d:
-        np.random.default_rng(0).integers(0, vocab, 1_000_000).astype(np.uint16).tofile(Path(d) / 'train.bin')
+        np.random.default_rng(0).integers(0, vocab, 2_000_000).astype(np.uint16).tofile(Path(d) / 'train.bin')
         data = np.memmap(Path(d) / 'train.bin', dtype=np.uint16, mode='r')
-        order = epoch_windows(len(data), block, 0, 0)
-        def step(i):
-            x, y = get_batch(data, order[i * batch:(i + 1) * batch], block)
-            return train_step(net, opt, [(x, y)], lr_at(i, steps, cfg), cfg, torch.device('cpu'), 'float32')
-        for i in range(10): step(i)
-        t = time.perf_counter()
-        for i in range(10, 10 + steps): loss = step(i)
-        float(loss)
-        return steps * batch * block / (time.perf_counter() - t)
+        order = epoch_windows(len(data), T, 0, 0)
+        loss_acc, times, clock = torch.zeros(()), [], time.thread_time if cpu_time else time.perf_counter
+        for i in range(skip + steps):
+            t0 = clock()
+            x, y = get_batch(data, order[i * B:(i + 1) * B], T)
+            loss_acc += train_step(net, opt, [(x, y)], lr_at(i, skip + steps, cfg), cfg, cpu, 'float32')
+            times.append((clock() - t0) * 1e3)
+        float(loss_acc)
+    out = dict(times_ms=times, threads=torch.get_num_threads(), flops_per_token=flops_per_token(mc))
+    if peak:
+        n = 2048; a, b = torch.randn(n, n), torch.randn(n, n)
+        for _ in range(2): a @ b
+        ts = []
+        for _ in range(5):
+            t0 = clock(); a @ b; ts.append(clock() - t0)
+        out['peak_flops'] = 2 * n ** 3 / statistics.median(ts)
+    return out
+
+
+def run(shape, variant, threads, policy, steps, skip, peak, cache_dir=None, cpu_time=False) -> dict:
+    "One measurement in a fresh process."
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    if policy != 'default': env['OMP_WAIT_POLICY'] = policy
+    else: env.pop('OMP_WAIT_POLICY', None)
+    if cache_dir: env['TORCHINDUCTOR_CACHE_DIR'] = str(cache_dir)
+    cmd = [sys.executable, __file__, '--worker', shape, variant, str(steps), str(skip)] + (['--peak'] if peak else [])
+    cmd += ['--cpu-time'] if cpu_time else []
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode: raise RuntimeError(f'{shape} {variant} failed:\n{r.stderr[-3000:]}')
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out['process_s'] = time.perf_counter() - t0
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], epilog=__doc__.split('\n', 2)[2],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--shapes', nargs='+', default=list(SHAPES), choices=list(SHAPES))
+    p.add_argument('--variants', nargs='+', default=['eager', 'compiled'], choices=['eager', 'compiled'])
+    p.add_argument('--threads', nargs='+', type=int, default=[2])
+    p.add_argument('--wait-policy', nargs='+', default=['default'], choices=['default', 'PASSIVE', 'ACTIVE'])
+    p.add_argument('--rounds', type=int, default=3)
+    p.add_argument('--steps', type=int, default=100, help='timed steps per run (default 100)')
+    p.add_argument('--skip', type=int, default=10, help='untimed first steps (default 10)')
+    p.add_argument('--compile-times', action='store_true', help='only time compiling: empty cache, then warm')
+    p.add_argument('--cpu-time', action='store_true',
+                   help="time steps with the thread's CPU time (1 thread only): what a free core would do "
+                        "when other programs share the machine")
+    p.add_argument('--json', type=Path)
+    p.add_argument('--worker', nargs=4, help=argparse.SUPPRESS)
+    p.add_argument('--peak', action='store_true', help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        shape, variant, steps, skip = a.worker
+        print(json.dumps(worker(shape, variant, int(steps), int(skip), a.peak, a.cpu_time))); return 0
+    if a.cpu_time and a.threads != [1]: p.error('--cpu-time needs --threads 1 (CPU time adds up the threads)')
+    info = describe(a.threads[0])
+    print(header(info))
+    res = dict(machine=info, clock='thread CPU time' if a.cpu_time else 'wall', args={k: v for k, v in vars(a).items() if k not in ('worker', 'json')}, results=[])
+    if a.compile_times:
+        for shape in a.shapes:
+            with tempfile.TemporaryDirectory(prefix='inductor_') as cache:
+                for which in ('cold', 'warm'):
+                    out = run(shape, 'compiled', a.threads[0], a.wait_policy[0], 5, 1, False, cache)
+                    eager_ms = statistics.median(out['times_ms'][1:])
+                    row = dict(shape=shape, cache=which, first_step_s=out['times_ms'][0] / 1e3,
+                               compile_overhead_s=(out['times_ms'][0] - eager_ms) / 1e3, process_s=out['process_s'])
+                    res['results'].append(row)
+                    print(f'{shape:8} compile, {which} cache: first step {row["first_step_s"]:.1f} s '
+                          f'(process {row["process_s"]:.1f} s)', flush=True)
+    else:
+        combos = list(itertools.product(a.shapes, a.variants, a.threads, a.wait_policy))
+        runs = {c: [] for c in combos}
+        for r in range(a.rounds):
+            for c in combos:
+                shape, variant, threads, policy = c
+                out = run(shape, variant, threads, policy, a.steps, a.skip, peak=True, cpu_time=a.cpu_time)
+                med = statistics.median(out['times_ms'][a.skip:])
+                vocab, T, B = SHAPES[shape]
+                tps = B * T / med * 1e3
+                runs[c].append(dict(tokens_per_s=tps, median_ms=med, mfu=tps * out['flops_per_token'] / out['peak_flops'],
+                                    peak_gflops=out['peak_flops'] / 1e9))
+                print(f'round {r + 1} {shape:8} {variant:9} {threads} thr {policy:8} {tps:9,.0f} tok/s  '
+                      f'median {med:7.1f} ms  MFU {runs[c][-1]["mfu"]:.0%} (peak {out["peak_flops"] / 1e9:.0f} GFLOP/s)',
+                      flush=True)
+        print('\nmedians over rounds:')
+        for c, rs in runs.items():
+            tps = statistics.median(x['tokens_per_s'] for x in rs)
+            mfu = statistics.median(x['mfu'] for x in rs)
+            res['results'].append(dict(shape=c[0], variant=c[1], threads=c[2], wait_policy=c[3],
+                                       tokens_per_s=tps, mfu=mfu, rounds=rs))
+            print(f'{c[0]:8} {c[1]:9} {c[2]} thr {c[3]:8} {tps:9,.0f} tok/s  MFU {mfu:.0%}')
+    if a.json: a.json.write_text(json.dumps(res, indent=1))
+    return 0
 
 
 if __name__ == '__main__':
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--steps', type=int, default=200)
-    ap.add_argument('--batch', type=int, default=12)
-    ap.add_argument('--block', type=int, default=64)
-    ap.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
-    ap.add_argument('--compile', action='store_true')
-    a = ap.parse_args()
-    if a.threads: torch.set_num_threads(a.threads)
-    peak = matmul_peak()
-    rows = []
-    for vocab in (65, 4096):
-        tps = loop_speed(vocab, a.steps, a.batch, a.block, a.compile)
-        mc = ModelConfig(vocab_size=vocab, block_size=a.block, n_layer=4, n_head=4, n_kv_head=4, n_embd=128)
-        rows.append(dict(vocab=vocab, tokens_per_s=round(tps), vs_nanogpt_24k=round(tps / 24000, 2),
-                         mfu=round(tps * flops_per_token(mc, a.block) / peak, 3)))
-    print(json.dumps(dict(threads=torch.get_num_threads(), cpus=len(os.sched_getaffinity(0)),
-                          matmul_peak_gflops=round(peak / 1e9, 1), shape='4 layers, 4 heads, width 128, context '
-                          f'{a.block}, batch {a.batch}, float32', results=rows), indent=1))
+    sys.exit(main())

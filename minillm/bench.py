@@ -65,20 +65,29 @@ def matmul_peak(dtype: str = 'float32', n: int = 2048, repeats: int = 5) -> dict
     return dict(rate(timed(run, repeats, warmup=2), 2 * n ** 3 * k), n=n, dtype=dtype)  # the first calls pay for setup
 
 # %% ../nbs/07_bench.ipynb #282d52d7
-def training_speed(mc: ModelConfig, batch_size: int, dtype: str = 'float32', steps: int = 5, repeats: int = 3,
-                   compile: bool = False, peak: float | None = None, fused: bool = True) -> dict:
-    "Training tokens per second (and MFU against `peak` FLOP/s) of a `MiniLLM` of shape `mc`."
+from .model import compiled
+
+def training_speed(mc: ModelConfig, batch_size: int, dtype: str = 'float32',
+                   steps: int = 5, repeats: int = 3, compile: bool = False,
+                   peak: float | None = None, fused: bool = True) -> dict:
+    "Training tokens/s of a `MiniLLM` of shape `mc`, step by step (MFU against `peak`)."
     torch.manual_seed(0)
-    model, cfg, cpu = MiniLLM(mc), TrainConfig(batch_size=batch_size), torch.device('cpu')
-    opt, net = make_optimizer(model, cfg, cpu), (torch.compile(model) if compile else model)
+    model, cpu = MiniLLM(mc), torch.device('cpu')
+    cfg = TrainConfig(batch_size=batch_size)
+    opt, net = make_optimizer(model, cfg, cpu), (compiled(model) if compile else model)
     if not fused:  # the plain for-loop AdamW, to see what the fused kernel buys
         for g in opt.param_groups: g['fused'], g['foreach'] = False, False
     x = torch.randint(mc.vocab_size, (batch_size, mc.block_size)); y = x.roll(-1, 1)
-    run = lambda: [train_step(net, opt, [(x, y)], 1e-4, cfg, cpu, dtype).item() for _ in range(steps)]
-    tps = rate(timed(run, repeats, warmup=2 if compile else 1), steps * batch_size * mc.block_size)
-    out = dict(shape=mc.to_dict(), batch_size=batch_size, dtype=dtype, compile=compile, fused=fused, params=count_params(mc),
-               flops_per_token=flops_per_token(mc), tokens_per_s=tps)
-    if peak: out['mfu'] = tps['median'] * flops_per_token(mc) / peak
+    step = lambda: train_step(net, opt, [(x, y)], 1e-4, cfg, cpu, dtype)
+    first = timed(step, 1, warmup=0)['median']          # compiles, when compiling
+    # each step timed on its own: the median step, like nanoGPT's per-iteration times
+    s = [timed(step, 1, warmup=0)['median'] for _ in range(1 + steps * repeats)][1:]
+    seconds = dict(median=statistics.median(s), min=min(s), max=max(s), runs=len(s))
+    out = dict(shape=mc.to_dict(), batch_size=batch_size, dtype=dtype, compile=compile,
+               fused=fused, params=count_params(mc), first_step_s=first,
+               flops_per_token=flops_per_token(mc),
+               tokens_per_s=rate(seconds, x.numel()))
+    if peak: out['mfu'] = out['tokens_per_s']['median'] * flops_per_token(mc) / peak
     return out
 
 def mfu_text(s: dict) -> str:
@@ -86,27 +95,35 @@ def mfu_text(s: dict) -> str:
     # autocast kept part of the work in float32, faster than the measured peak of the format timed against
     return f"MFU {s['mfu']:.1%}" if s['mfu'] <= 1 else 'MFU n/a (autocast ran part in float32)'
 
-
 # %% ../nbs/07_bench.ipynb #79bc865e
-@torch.no_grad()
-def greedy_tokens(model: MiniLLM, n_new: int, use_cache: bool = True) -> torch.Tensor:
-    "Greedily generate `n_new` tokens after a single token 0, with or without the key/value cache."
-    seq = torch.zeros((1, 1), dtype=torch.long)
-    cache = model.make_cache(1) if use_cache else None
-    logits, _ = model(seq, cache=cache)
-    for _ in range(n_new - 1):
-        nxt = logits[:, -1].argmax(-1, keepdim=True)       # (1, 1)
-        seq = torch.cat([seq, nxt], 1)
-        logits, _ = model(nxt if use_cache else seq, cache=cache)
-    return torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], 1)[:, 1:]
+from .generation import next_tokens
 
-def generation_speed(mc: ModelConfig, n_new: int = 512, repeats: int = 3) -> dict:
-    "Tokens per second of greedy generation at batch 1, with and without the cache, and the speed-up."
-    mc = ModelConfig.from_dict({**mc.to_dict(), 'block_size': max(mc.block_size, n_new + 1)})
+def greedy_tokens(model: MiniLLM, n_new: int, use_cache: bool = True,
+                  compile: bool = False) -> torch.Tensor:
+    "Greedily generate `n_new` tokens (1, n_new) after a token 0 with chapter 5's loop."
+    ids = torch.zeros((1, 1), dtype=torch.long)
+    argmax = lambda logits, _: logits.argmax(-1)
+    steps = next_tokens(model, ids, argmax, n_new, use_cache, compile)
+    return torch.stack(list(steps), 1)
+
+def generation_speed(mc: ModelConfig, n_new: int = 512, repeats: int = 3,
+                     compile: bool = False) -> dict:
+    "Greedy tokens/s at batch 1 with the cache, without, compiled if asked; speed-ups."
+    block = max(mc.block_size, n_new + 1)  # room for all: recomputing redoes each token
+    mc = ModelConfig.from_dict({**mc.to_dict(), 'block_size': block})
     torch.manual_seed(0); model = MiniLLM(mc).eval()
-    out = {k: rate(timed(lambda: greedy_tokens(model, n_new, k == 'cache'), repeats), n_new)
-           for k in ('cache', 'no_cache')}
-    return dict(out, n_new=n_new, shape=mc.to_dict(), speedup=out['cache']['median'] / out['no_cache']['median'])
+    kinds = dict(cache=(True, False), no_cache=(False, False))
+    if compile: kinds['compiled'] = (True, True)
+    out = {}
+    for k, (cache, comp) in kinds.items():
+        run = lambda: greedy_tokens(model, n_new, cache, comp)
+        first = timed(run, 1, warmup=0)['median']
+        out[k] = rate(timed(run, repeats, warmup=0), n_new)
+        if comp: out['compile_s'] = first - n_new / out[k]['median']  # the extra time
+    speed = {k: out[k]['median'] for k in kinds}
+    out['speedup'] = speed['cache'] / speed['no_cache']
+    if compile: out['compiled_speedup'] = speed['compiled'] / speed['no_cache']
+    return dict(out, n_new=n_new, shape=mc.to_dict())
 
 # %% ../nbs/07_bench.ipynb #4e75be18
 def step_profile(mc: ModelConfig, batch_size: int, dtype: str = 'float32', steps: int = 3, top: int = 12) -> list[dict]:
@@ -134,8 +151,8 @@ def speedups(mc: ModelConfig, batch_size: int, steps: int = 5, repeats: int = 3,
     data = np.random.default_rng(0).integers(0, mc.vocab_size, 1_000_000).astype(np.uint16)
     rng = np.random.default_rng(0)
     t = timed(lambda: get_batch(data, rng.integers(0, len(data) - mc.block_size - 1, batch_size), mc.block_size), repeats * 20)
-    return dict(variants={k: dict(tokens_per_s=s['tokens_per_s'], dtype=s['dtype'], compile=s['compile'], fused=s['fused'])
-                          for k, s in v.items()}, batch_ms=t['median'] * 1e3,
+    keep = ('tokens_per_s', 'dtype', 'compile', 'fused', 'first_step_s')
+    return dict(variants={k: {f: s[f] for f in keep} for k, s in v.items()}, batch_ms=t['median'] * 1e3,
                 step_ms=batch_size * mc.block_size / v['fused_adamw']['tokens_per_s']['median'] * 1e3)
 
 # %% ../nbs/07_bench.ipynb #5c34d9f7
@@ -300,8 +317,10 @@ def bench_speed(shape: ModelConfig, batch_size: int = 12, repeats: int = 5, matm
     res['speedups'] = speedups(shape, batch_size, steps, repeats, compile)
     log('speed-ups: ' + ', '.join(f'{k} {v["tokens_per_s"]["median"]:,.0f}' for k, v in res['speedups']['variants'].items()) + ' tok/s')
     res['profile'] = step_profile(default, 32, steps=max(1, min(steps, 3)))
-    res['generation'] = generation_speed(default, n_new, repeats)
-    log(f'generate: {res["generation"]["cache"]["median"]:,.0f} tok/s cached, x{res["generation"]["speedup"]:.1f}')
+    res['generation'] = g = generation_speed(default, n_new, repeats, compile)
+    log(f'generate: {g["cache"]["median"]:,.0f} tok/s cached, x{g["speedup"]:.1f}' + (
+        f'; compiled {g["compiled"]["median"]:,.0f} tok/s, x{g["compiled_speedup"]:.1f}'
+        if compile else ''))
     text = text if text is not None else _bundled_text()
     with tempfile.TemporaryDirectory(dir=work_dir) as d: res['tokenizer'] = tokenizer_speed(text, d, tokenizer_vocab, repeats)
     log(f'tokenizer: {res["tokenizer"]["encode_mb_per_s"]["median"]:.1f} MB/s')

@@ -22,10 +22,11 @@ from .training import pick_device
 
 # %% auto #0
 __all__ = ['WORD', 'VALIDATE_PROMPTS', 'BASELINES', 'THRESHOLDS', 'check_sampling', 'filter_logits', 'penalize_repeats',
-           'pick_next', 'next_tokens', 'StreamDecoder', 'StopScanner', 'stream', 'generate', 'token_nll', 'words_of',
-           'distinct_bigrams', 'reference_bigrams', 'validation_inputs', 'corpus_words', 'score_split',
-           'CheckpointOptions', 'ValidateConfig', 'resolve_device', 'bpb_check', 'changed_thresholds', 'sample_checks',
-           'validate', 'check_report', 'evaluate', 'GenerateConfig', 'EvaluateConfig', 'add_cli']
+           'pick_next', 'next_tokens', 'decode_step', 'decode_steps', 'StreamDecoder', 'StopScanner', 'stream',
+           'generate', 'token_nll', 'words_of', 'distinct_bigrams', 'reference_bigrams', 'validation_inputs',
+           'corpus_words', 'score_split', 'CheckpointOptions', 'ValidateConfig', 'resolve_device', 'bpb_check',
+           'changed_thresholds', 'sample_checks', 'validate', 'check_report', 'evaluate', 'GenerateConfig',
+           'EvaluateConfig', 'add_cli']
 
 # %% ../nbs/05_generation.ipynb #90bf3c7b
 def check_sampling(temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
@@ -66,21 +67,52 @@ def pick_next(logits, temperature: float = 1.0, top_k: int | None = None, top_p:
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 # %% ../nbs/05_generation.ipynb #2e71a570
-@torch.no_grad()
-def next_tokens(model: MiniLLM, ids, pick: Callable, max_new_tokens: int, use_cache: bool = True) -> Iterator:
-    "Yield the next token ids (B,) for the prompts `ids` (B, T), one step at a time; `pick(logits, ids)` chooses."
+@torch.inference_mode()
+def next_tokens(model: MiniLLM, ids, pick: Callable, max_new_tokens: int,
+                use_cache: bool = True, compile: bool = False) -> Iterator:
+    "Yield the next ids (B,) after prompts `ids` (B, T), step by step; `pick` picks."
     T_max = model.config.block_size
     cache = model.make_cache(ids.size(0)) if use_cache else None
-    logits = model(ids[:, -T_max:], cache=cache)[0][:, -1]          # prefill: (B, V) for the last position
+    logits = model(ids[:, -T_max:], cache=cache)[0][:, -1]  # prefill: (B, V)
+    step = decode_steps(model, cache, compile) if use_cache else None
+    held = min(ids.size(1), T_max)  # tokens cached, counted here: no wait for a device
     for _ in range(max_new_tokens):
-        nxt = pick(logits, ids)                                       # (B,)
+        nxt = pick(logits, ids)                                 # (B,)
         yield nxt
         ids = torch.cat([ids, nxt[:, None]], dim=1)
-        if cache is None: logits = model(ids[:, -T_max:])[0][:, -1]     # recompute the whole window
-        elif cache.pos < T_max: logits = model(nxt[:, None], cache=cache)[0][:, -1]  # one new token
-        else:                                                         # full: slide, re-prefill the last half
-            cache = model.make_cache(ids.size(0))
-            logits = model(ids[:, -(T_max // 2):], cache=cache)[0][:, -1]
+        if cache is None: logits = model(ids[:, -T_max:])[0][:, -1]  # recompute all
+        elif held < T_max: logits, held = step(nxt[:, None]), held + 1  # one token
+        else:                # full: slide, re-prefill the last half into the buffers
+            cache.pos.zero_(); held = T_max // 2
+            logits = model(ids[:, -held:], cache=cache)[0][:, -1]
+
+# %% ../nbs/05_generation.ipynb #f3c8f1bb
+import functools
+from .model import KVCache, compiled
+
+def decode_step(model: MiniLLM, token, cache: KVCache):
+    "Logits (B, V) for one new token per sequence (B, 1), through `cache`."
+    return model(token, cache=cache)[0][:, -1]
+
+@functools.cache
+def _compiled_decode_step(device: str):
+    if device == 'cuda': return compiled(decode_step, mode='reduce-overhead')  # graphs
+    cpp = dict(cpp_wrapper=device == 'cpu')   # a C++ loop calls the kernels, not Python
+    return compiled(decode_step, fullgraph=True, options=cpp)
+
+def decode_steps(model: MiniLLM, cache: KVCache, compile: bool = False) -> Callable:
+    "token (B, 1) -> logits (B, V) through `model` and `cache`, compiled or not."
+    if not compile: return lambda token: decode_step(model, token, cache)
+    f, checked = _compiled_decode_step(cache.pos.device.type), []
+    if cache.pos.is_cuda:             # CUDA graphs replay fixed addresses: these
+        for t in [*cache.k, *cache.v, cache.pos]: torch._dynamo.mark_static_address(t)
+    def step(token):
+        if not checked:                              # the first call checks the guards
+            checked.append(True); return f(model, token, cache)
+        # the same model and buffers as the first call, whose guards passed: skip them
+        with torch.compiler.set_stance('default', skip_guard_eval_unsafe=True):
+            return f(model, token, cache)
+    return step
 
 # %% ../nbs/05_generation.ipynb #7ad99065
 class StreamDecoder:
@@ -136,12 +168,13 @@ def _prompt_ids(tok: Tokenizer, prompt: str, block_size: int) -> list[int]:
     return ids
 
 # %% ../nbs/05_generation.ipynb #aca17c13
-def _stream_batch(model, tok, rows, prompt_ids, pick, max_new_tokens, stops, stop_at_eos, use_cache, token_ids, device):
+def _stream_batch(model, tok, rows, prompt_ids, pick, max_new_tokens, stops, stop_at_eos,
+                  use_cache, token_ids, device, compile: bool = False):
     "Generate for prompts of equal length; yield (row, piece) until every row is done."
     decoders = [StreamDecoder(tok, p) for p in prompt_ids]
     scanners, done = [StopScanner(stops) for _ in rows], [False] * len(rows)
     ids = torch.tensor(prompt_ids, device=device)                      # (B, T)
-    for nxt in next_tokens(model, ids, pick, max_new_tokens, use_cache):
+    for nxt in next_tokens(model, ids, pick, max_new_tokens, use_cache, compile):
         for b, t in enumerate(nxt.tolist()):
             if done[b]: continue
             if stop_at_eos and t == tok.eos_id: done[b] = True; continue

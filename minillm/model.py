@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['MODEL_PRESETS', 'ModelConfig', 'RMSNorm', 'rope_tables', 'apply_rope', 'KVCache', 'causal_mask', 'Attention',
-           'SwiGLU', 'Block', 'MiniLLM', 'head_loss', 'count_params', 'flops_per_token']
+           'SwiGLU', 'Block', 'MiniLLM', 'init_weights', 'head_loss', 'count_params', 'flops_per_token', 'compiled']
 
 # %% ../nbs/03_model.ipynb #798de844
 @dataclass
@@ -77,65 +77,75 @@ class RMSNorm(nn.Module):
 
 # %% ../nbs/03_model.ipynb #ae183e89
 def rope_tables(head_dim: int, n_pos: int, base: float = 10000.0, device=None):
-    "cos and sin tables of shape (n_pos, head_dim // 2) for rotary position embeddings (RoFormer)."
-    inv_freq = base ** -(torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
-    angles = torch.outer(torch.arange(n_pos, device=device, dtype=torch.float32), inv_freq)  # (T, D/2)
+    "cos and sin tables (n_pos, head_dim // 2) for rotary positions (RoFormer)."
+    f32 = dict(device=device, dtype=torch.float32)
+    inv_freq = base ** -(torch.arange(0, head_dim, 2, **f32) / head_dim)
+    angles = torch.outer(torch.arange(n_pos, **f32), inv_freq)      # (T, D/2)
     return angles.cos(), angles.sin()
 
 def apply_rope(x, cos, sin):
-    "Rotate pairs (x[i], x[i + D/2]) of x (B, H, T, D) by position-dependent angles; cos, sin are (T, D/2)."
+    "Rotate pairs (x[i], x[i + D/2]) of x (..., D) by angles cos, sin (..., D/2)."
     x1, x2 = x.chunk(2, dim=-1)
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 # %% ../nbs/03_model.ipynb #3cd5bde4
 class KVCache:
-    "Keys and values of the tokens seen so far, for every layer; `pos` counts those tokens."
-    def __init__(self, n_layer, batch_size, n_kv_head, max_len, head_dim, device=None, dtype=None):
-        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.pos, self.max_len = 0, max_len
+    "Keys and values of all layers, room for `max_len` tokens; `pos` counts those held."
+    def __init__(self, n_layer, batch_size, n_kv_head, max_len, head_dim,
+                 device=None, dtype=None):
+        shape = (batch_size, n_kv_head, max_len, head_dim)
+        kw = dict(device=device, dtype=dtype)
+        # a buffer per layer, written in place: a compiled step updates it, no copy
+        self.k = [torch.zeros(shape, **kw) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, **kw) for _ in range(n_layer)]
+        self.pos = torch.zeros((), dtype=torch.long, device=device)
+        self.max_len = max_len
+
+    def advance(self, n_new: int):
+        "Reserve slots for n_new tokens; return their positions. Sets `at` and `mask`."
+        self.at = self.pos + torch.arange(n_new, device=self.pos.device)
+        self.mask = causal_mask(self.at, self.max_len)              # (n_new, max_len)
+        self.pos += n_new
+        return self.at
 
     def update(self, layer: int, k, v):
-        "Store new keys and values (B, H_kv, T, D) after `pos`; return all keys and values so far."
-        end = self.pos + k.size(2)
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        "Write keys, values (B, H_kv, n_new, D) at `at`; return all the layer's slots."
+        self.k[layer].index_copy_(2, self.at, k)
+        self.v[layer].index_copy_(2, self.at, v)
+        return self.k[layer], self.v[layer]
 
 # %% ../nbs/03_model.ipynb #939f0e73
-def causal_mask(n_new: int, n_total: int, device=None):
-    "Boolean (n_new, n_total) mask: new token i (at position n_total - n_new + i) sees positions <= its own."
-    offset = n_total - n_new
-    return torch.ones(n_new, n_total, dtype=torch.bool, device=device).tril(diagonal=offset)
+def causal_mask(at, n_keys: int):
+    "Boolean (T, n_keys) mask: the new token at position at[i] sees keys up to at[i]."
+    return torch.arange(n_keys, device=at.device) <= at[:, None]
 
 # %% ../nbs/03_model.ipynb #192340c3
 class Attention(nn.Module):
-    "Multi-head causal self-attention with rotary positions and optional grouped-query attention."
+    "Multi-head causal self-attention with rotary positions, optionally grouped-query."
     def __init__(self, c: ModelConfig):
         super().__init__()
-        self.n_head, self.n_kv_head, self.head_dim, self.dropout = c.n_head, c.n_kv_head, c.head_dim, c.dropout
-        # one matrix computes queries, keys and values together: one big matmul beats three small ones
-        self.qkv = nn.Linear(c.n_embd, (c.n_head + 2 * c.n_kv_head) * c.head_dim, bias=False)
+        self.n_head, self.n_kv_head, self.head_dim = c.n_head, c.n_kv_head, c.head_dim
+        self.dropout = c.dropout
+        # one matrix makes queries, keys and values: a big matmul beats three small ones
+        heads = c.n_head + 2 * c.n_kv_head
+        self.qkv = nn.Linear(c.n_embd, heads * c.head_dim, bias=False)
         self.proj = nn.Linear(c.n_head * c.head_dim, c.n_embd, bias=False)
 
-    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0):  # x (B, T, C)
-        B, T, _ = x.shape
-        q, k, v = self.qkv(x).split([self.n_head * self.head_dim, self.n_kv_head * self.head_dim,
-                                     self.n_kv_head * self.head_dim], dim=-1)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)     # (B, H, T, D)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None: k, v = cache.update(layer, k, v)           # (B, H_kv, pos + T, D)
-        # no cache, or a cache still empty: plain causal; one new token sees everything; else a shifted mask
-        S = k.size(2)
-        mask = None if S == T or T == 1 else causal_mask(T, S, x.device)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=(S == T and T > 1),
-                                           dropout_p=self.dropout if self.training else 0.0,
-                                           enable_gqa=self.n_kv_head != self.n_head)
-        return self.proj(y.transpose(1, 2).reshape(B, T, -1))          # (B, T, C)
+    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0):
+        B, T, _ = x.shape                                            # x (B, T, C)
+        H, H_kv = self.n_head, self.n_kv_head
+        qkv = self.qkv(x).view(B, T, H + 2 * H_kv, self.head_dim)    # (B, T, heads, D)
+        # queries and keys turn in one pass (cos, sin (T, 1, D/2) fit every head)
+        qk = apply_rope(qkv[:, :, :H + H_kv], cos[:, None], sin[:, None])
+        q, k, v = qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + H_kv:]
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))            # (B, heads, T, D)
+        mask = None if cache is None else cache.mask                 # no cache: causal
+        if cache is not None: k, v = cache.update(layer, k, v)      # k, v: every slot
+        drop = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop,
+                                           is_causal=mask is None, enable_gqa=H_kv != H)
+        return self.proj(y.transpose(1, 2).reshape(B, T, -1))       # (B, T, C)
 
 # %% ../nbs/03_model.ipynb #deebb3db
 class SwiGLU(nn.Module):
@@ -164,7 +174,7 @@ class Block(nn.Module):
 
 # %% ../nbs/03_model.ipynb #29939923
 class MiniLLM(nn.Module):
-    "A decoder-only transformer in the Llama style: RMSNorm, RoPE, SwiGLU, no biases, tied head."
+    "A decoder-only transformer in the Llama style: RMSNorm, RoPE, SwiGLU, tied head."
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = c = config
@@ -172,55 +182,54 @@ class MiniLLM(nn.Module):
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
         self.norm = RMSNorm(c.n_embd, c.norm_eps)
-        self.lm_head = None if c.tie_embeddings else nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        self.lm_head = (None if c.tie_embeddings else
+                        nn.Linear(c.n_embd, c.vocab_size, bias=False))
         cos, sin = rope_tables(c.head_dim, c.block_size, c.rope_base)
-        self.register_buffer('rope_cos', cos, persistent=False)  # rebuilt from the config, never saved
+        self.register_buffer('rope_cos', cos, persistent=False)  # rebuilt, never saved
         self.register_buffer('rope_sin', sin, persistent=False)
-        self.apply(self._init_weights)
+        self.apply(lambda m: init_weights(m, c.n_layer))
+
+    def forward(self, idx, targets=None, cache: KVCache | None = None):
+        "(logits (B, T, vocab), None) for ids (B, T); with targets, (None, mean loss)."
+        B, T = idx.shape
+        # reading pos waits for the device: checked eagerly, left out of a compiled step
+        pos = 0 if cache is None or torch.compiler.is_compiling() else int(cache.pos)
+        if pos + T > self.config.block_size:
+            raise ValueError(f'{pos + T} tokens exceed the context length '
+                             f'block_size={self.config.block_size}')
+        at = torch.arange(T, device=idx.device) if cache is None else cache.advance(T)
+        cos, sin = self.rope_cos[at], self.rope_sin[at]              # (T, D/2)
+        x = self.drop(self.embed(idx))                               # (B, T, C)
+        for i, block in enumerate(self.blocks): x = block(x, cos, sin, cache, i)
+        x = self.norm(x)
+        head = (self.lm_head or self.embed).weight                  # (V, C)
+        if targets is None: return F.linear(x, head), None                # (B, T, V)
+        return None, head_loss(x.reshape(B * T, -1), head, targets.reshape(-1))
+
+    def make_cache(self, batch_size: int, device=None, dtype=None) -> KVCache:
+        "An empty key/value cache for `batch_size` sequences of `block_size` tokens."
+        c, p = self.config, self.embed.weight
+        return KVCache(c.n_layer, batch_size, c.n_kv_head, c.block_size, c.head_dim,
+                       device=device or p.device, dtype=dtype or p.dtype)
 
 # %% ../nbs/03_model.ipynb #24676e54
 @torch.no_grad()
-def _init_weights(self: MiniLLM, m: nn.Module):
-    "Small random weights (std 0.02); residual output projections shrunk by 1/sqrt(2 * n_layer) as in GPT-2."
+def init_weights(m: nn.Module, n_layer: int):
+    "Random weights (std 0.02); residual outputs shrunk by 1/sqrt(2 n_layer) (GPT-2)."
     if isinstance(m, (nn.Linear, nn.Embedding)): nn.init.normal_(m.weight, std=0.02)
     if isinstance(m, (Attention, SwiGLU)):
         out = m.proj if isinstance(m, Attention) else m.down
-        nn.init.normal_(out.weight, std=0.02 / math.sqrt(2 * self.config.n_layer))
-MiniLLM._init_weights = _init_weights
+        nn.init.normal_(out.weight, std=0.02 / math.sqrt(2 * n_layer))
 
 # %% ../nbs/03_model.ipynb #9f05d95c
-def head_loss(x, head, targets, chunk: int = 256):
-    "Mean cross-entropy of the logits x @ head.T (N, V) against targets (N,), 256 rows at a time; -1 is ignored."
-    total = 0.0
-    for s in range(0, x.size(0), chunk):  # a slice of logits stays in cache; the whole (N, V) never exists
-        logits = F.linear(x[s:s + chunk], head)                                    # (chunk, V)
-        total = total + F.cross_entropy(logits.float(), targets[s:s + chunk], ignore_index=-1, reduction='sum')
+def head_loss(x, head, targets, max_logits: int = 1 << 20):
+    "Mean cross-entropy of logits x @ head.T (N, V) against targets (N,), -1 ignored."
+    rows = max(1, max_logits // head.size(0))   # a slice of max_logits stays in cache
+    loss = lambda s: F.cross_entropy(F.linear(x[s:s + rows], head).float(),
+                                     targets[s:s + rows], ignore_index=-1,
+                                     reduction='sum')
+    total = sum(loss(s) for s in range(0, len(x), rows))
     return total / (targets != -1).sum().clamp(min=1)
-
-# %% ../nbs/03_model.ipynb #0ea5eba6
-def _forward(self: MiniLLM, idx, targets=None, cache: KVCache | None = None):
-    "(logits (B, T, vocab), None) for token ids `idx` (B, T); with `targets` (B, T), (None, mean cross-entropy loss)."
-    B, T = idx.shape
-    pos = cache.pos if cache is not None else 0
-    if pos + T > self.config.block_size:
-        raise ValueError(f'{pos + T} tokens exceed the context length block_size={self.config.block_size}')
-    cos, sin = self.rope_cos[pos:pos + T], self.rope_sin[pos:pos + T]
-    x = self.drop(self.embed(idx))                                  # (B, T, C)
-    for i, block in enumerate(self.blocks): x = block(x, cos, sin, cache, i)
-    x = self.norm(x)
-    head = self.lm_head.weight if self.lm_head is not None else self.embed.weight  # (V, C)
-    if cache is not None: cache.pos += T
-    if targets is None: return F.linear(x, head), None                             # (B, T, V)
-    return None, head_loss(x.reshape(B * T, -1), head, targets.reshape(-1))
-MiniLLM.forward = _forward
-
-# %% ../nbs/03_model.ipynb #55ea7eb4
-def _make_cache(self: MiniLLM, batch_size: int, device=None, dtype=None) -> KVCache:
-    "An empty key/value cache for `batch_size` sequences of up to `block_size` tokens."
-    c, p = self.config, self.embed.weight
-    return KVCache(c.n_layer, batch_size, c.n_kv_head, c.block_size, c.head_dim,
-                   device=device or p.device, dtype=dtype or p.dtype)
-MiniLLM.make_cache = _make_cache
 
 # %% ../nbs/03_model.ipynb #7c74475a
 def count_params(config: ModelConfig | MiniLLM) -> int:
@@ -240,3 +249,18 @@ def flops_per_token(config: ModelConfig, seq_len: int | None = None, training: b
     attention = 2 * 2 * c.n_layer * T * c.n_head * c.head_dim  # q k^T and attention @ v over the T keys
     forward = 2 * matmul_params + attention
     return 3 * forward if training else forward
+
+# %% ../nbs/03_model.ipynb #93b278c6
+def compiled(fn, **kwargs):
+    "`torch.compile(fn, **kwargs)`, its on-disk caches on: a rerun compiles in seconds."
+    import os
+    from pathlib import Path
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    # kept between runs under ~/.cache (PyTorch's default is under /tmp), unless chosen
+    mine, pytorch = Path.home() / '.cache' / 'minillm' / 'compile', default_cache_dir()
+    if os.environ.get('TORCHINDUCTOR_CACHE_DIR', pytorch) == pytorch:
+        os.environ['TORCHINDUCTOR_CACHE_DIR'] = str(mine)
+    import torch._inductor.config, torch._functorch.config
+    torch._inductor.config.fx_graph_cache = True          # generated kernels, by graph
+    torch._functorch.config.enable_autograd_cache = True  # forward/backward split too
+    return torch.compile(fn, **kwargs)

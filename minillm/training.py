@@ -15,19 +15,19 @@ from .core import (MinillmError, ExitCode, add_command, add_options, config_from
                           ensure_writable_dir, parse_duration, run_lock)
 from .model import MODEL_PRESETS, ModelConfig, MiniLLM, count_params, flops_per_token
 from .checkpoint import (check_start_flags, existing_checkpoints, load_checkpoint, recover_checkpoints, resume_point,
-                                save_snapshot, snapshots,
+                                save_snapshot,
                                 save_checkpoint)
 from .tokenizer import load_shard, check_shards
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'CALIBRATION', 'RUN_DEFINING', 'TrainConfig', 'check_numbers', 'check_config', 'epoch_windows',
            'get_batch', 'bits_per_byte', 'make_optimizer', 'lr_at', 'pick_device', 'autocast', 'measure_dtype',
-           'model_config', 'check_data', 'init_distributed', 'ranks_in_sync', 'evaluate_loss', 'train_step', 'StopFlag',
-           'resolve_start', 'RunSpec', 'plan_run', 'LoopState', 'fixed_length', 'steps_in_budget', 'plan_text',
-           'micro_batches', 'Session', 'open_session', 'take_step', 'check_finite', 'fold_loss', 'save', 'schedule_end',
-           'evaluation_due', 'metrics_line', 'evaluate_and_log', 'stop_reason', 'agree_to_stop', 'end_epoch',
-           'checkpoint_due', 'plan_schedule', 'snapshot_due', 'run_epochs', 'check_resumable', 'resume_schedule',
-           'choose_dtype', 'plot_losses', 'summary_of', 'train', 'add_cli']
+           'model_config', 'check_data', 'init_distributed', 'ranks_in_sync', 'evaluate_loss', 'train_step',
+           'fastest_threads', 'StopFlag', 'resolve_start', 'RunSpec', 'plan_run', 'LoopState', 'fixed_length',
+           'steps_in_budget', 'plan_text', 'micro_batches', 'Session', 'open_session', 'take_step', 'check_finite',
+           'fold_loss', 'save', 'schedule_end', 'evaluation_due', 'metrics_line', 'evaluate_and_log', 'stop_reason',
+           'agree_to_stop', 'end_epoch', 'checkpoint_due', 'plan_schedule', 'snapshot_due', 'run_epochs',
+           'check_resumable', 'resume_schedule', 'choose_dtype', 'plot_losses', 'summary_of', 'train', 'add_cli']
 
 # %% ../nbs/04_training.ipynb #3c4c5030
 @dataclass
@@ -250,20 +250,34 @@ def evaluate_loss(model, val: np.ndarray, block_size: int, batch_size: int, n_ba
     return total / count
 
 # %% ../nbs/04_training.ipynb #0a8e4811
-def train_step(model, opt, batches, lr: float, cfg: TrainConfig, device, dtype: str) -> torch.Tensor:
-    "One optimizer step over the micro-batches `batches`; returns the mean loss (a tensor, not synced)."
-    total = torch.zeros((), device=device)
+def train_step(model, opt, batches, lr: float, cfg: TrainConfig, device,
+               dtype: str) -> torch.Tensor:
+    "One optimizer step over the micro-batches `batches`; the mean loss (unsynced)."
+    total, n = 0.0, len(batches)
     for i, (x, y) in enumerate(batches):
-        last = i == len(batches) - 1
-        sync = model.no_sync() if hasattr(model, 'no_sync') and not last else contextlib.nullcontext()
-        with sync:
-            with autocast(device, dtype): loss = model(x, y)[1] / len(batches)
+        ddp_wait = hasattr(model, 'no_sync') and i < n - 1  # DDP syncs the last only
+        with model.no_sync() if ddp_wait else contextlib.nullcontext():
+            with autocast(device, dtype): loss = model(x, y)[1]
+            if n > 1: loss = loss / n              # the summed gradient is a mean
             loss.backward()
-        total += loss.detach()
+        total = total + loss.detach()
     if cfg.clip: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
     for g in opt.param_groups: g['lr'] = lr
-    opt.step(); opt.zero_grad(set_to_none=True)
+    opt.step(); opt.zero_grad(set_to_none=True)  # None, not zeros: no pass over memory
     return total
+
+def fastest_threads(step, counts=None, repeats: int = 2) -> int:
+    "Time `step()` on 1 thread, then on all cores; set torch to the faster; return it."
+    cores = os.cpu_count() if not hasattr(os, 'sched_getaffinity') else \
+            len(os.sched_getaffinity(0))
+    seconds = {}
+    for n in counts or sorted({1, cores}):
+        torch.set_num_threads(n); step()              # a first step warms the count up
+        t0 = time.perf_counter()
+        for _ in range(repeats): step()
+        seconds[n] = time.perf_counter() - t0
+    torch.set_num_threads(best := min(seconds, key=seconds.get))
+    return best
 
 # %% ../nbs/04_training.ipynb #ad238832
 class StopFlag:

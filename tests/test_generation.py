@@ -325,3 +325,26 @@ def test_cli_evaluate(trained, tmp_path):
     f.write_bytes(b'\xff\xfe\x00bad')
     c, _, err = run_cli(['evaluate', '--checkpoint', str(trained), '--text', str(f)])
     assert c == ExitCode.USAGE and 'UTF-8' in err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (__import__('shutil').which('g++') or __import__('shutil').which('c++')),
+                    reason='torch.compile on the CPU needs a C++ compiler')
+def test_compiled_decode_step_gives_the_same_greedy_tokens(tmp_path, monkeypatch):
+    "Eager cache, compiled step and no cache: identical greedy tokens past a slide of the window, batch 2 and 1."
+    from minillm.generation import decode_steps
+    monkeypatch.setenv('TORCHINDUCTOR_CACHE_DIR', str(tmp_path))
+    torch.manual_seed(7)
+    m = MiniLLM(ModelConfig(vocab_size=64, block_size=32, n_layer=1, n_head=2, n_kv_head=1, n_embd=32)).eval()
+    prompt = torch.randint(0, 64, (2, 5))
+    greedy = lambda logits, ids: logits.argmax(-1)
+    run = lambda p, **kw: torch.stack(list(next_tokens(m, p, greedy, 70, **kw)), 1)  # 70 > 32: slides twice
+    eager = run(prompt)
+    assert torch.equal(run(prompt, compile=True), eager)
+    assert torch.equal(run(prompt, use_cache=False), eager)
+    assert torch.equal(run(prompt[:1], compile=True), run(prompt[:1]))   # another batch size: a second graph
+    with torch.inference_mode():                                          # and the logits themselves
+        caches = [m.make_cache(2) for _ in range(2)]
+        for c in caches: m(prompt, cache=c)
+        a, b = decode_steps(m, caches[0])(prompt[:, -1:]), decode_steps(m, caches[1], compile=True)(prompt[:, -1:])
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)

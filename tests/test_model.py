@@ -103,7 +103,7 @@ def test_shapes_and_dtypes(model):
     # the cache works under bfloat16 weights too
     m16 = MiniLLM(tiny()).to(torch.bfloat16).eval()
     cache = m16.make_cache(3)
-    assert isinstance(cache, KVCache) and cache.k.dtype == torch.bfloat16
+    assert isinstance(cache, KVCache) and cache.k[0].dtype == torch.bfloat16
     with torch.no_grad(): assert m16(idx, cache=cache)[0].dtype == torch.bfloat16
     assert cache.pos == 16
 
@@ -150,3 +150,52 @@ def test_flops_formula_matches_flop_counter(kw):
     assert counter.get_total_flops() == flops_per_token(cfg) * B * T
     with FlopCounterMode(display=False) as fwd, torch.no_grad(), sdpa_kernel(SDPBackend.MATH): m(idx)
     assert fwd.get_total_flops() == flops_per_token(cfg, training=False) * B * T
+
+
+def test_head_loss_in_slices_equals_one_call():
+    "Slices of logits (a big vocabulary) and one call (a small one) give the same mean, -1 ignored."
+    from minillm.model import head_loss
+    torch.manual_seed(5)
+    x, head, y = torch.randn(700, 16), torch.randn(97, 16), torch.randint(0, 97, (700,))
+    y[:300] = -1                                            # the first slices hold no target at all
+    want = F.cross_entropy(x @ head.T, y, ignore_index=-1)
+    torch.testing.assert_close(head_loss(x, head, y), want)                    # one slice
+    torch.testing.assert_close(head_loss(x, head, y, max_logits=97 * 64), want)  # 64 rows a slice
+
+
+def test_static_cache_writes_in_place_and_masks_empty_slots(model):
+    "The cache's buffers never change shape or identity; a step reads only the slots written so far."
+    cache = model.make_cache(2)
+    buffers = [t.data_ptr() for t in cache.k + cache.v]
+    assert all(t.shape == (2, 2, 32, 8) for t in cache.k + cache.v)
+    idx = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        model(idx[:, :6], cache=cache)
+        assert cache.mask.shape == (6, 32) and cache.mask[5].sum() == 6 and int(cache.pos) == 6
+        model(idx[:, 6:7], cache=cache)
+        assert cache.at.tolist() == [6] and cache.mask.sum() == 7
+    assert [t.data_ptr() for t in cache.k + cache.v] == buffers
+    assert cache.k[0][:, :, 7:].abs().sum() == 0           # nothing written past the last position
+
+
+needs_compiler = pytest.mark.skipif(not (__import__('shutil').which('g++') or __import__('shutil').which('c++')),
+                                    reason='torch.compile on the CPU needs a C++ compiler')
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_compiled_model_matches_eager(tmp_path, monkeypatch):
+    "The compiled training step is the same model: loss within 1e-5, every gradient within 1e-4 (float32)."
+    from minillm.model import compiled
+    monkeypatch.setenv('TORCHINDUCTOR_CACHE_DIR', str(tmp_path))   # not the user's cache
+    torch.manual_seed(6)
+    m = MiniLLM(tiny(n_layer=1, n_kv_head=2))
+    idx, y = torch.randint(0, 97, (3, 32)), torch.randint(0, 97, (3, 32))
+    y[0, :5] = -1
+    grads = []
+    for net in (m, compiled(m)):
+        m.zero_grad(set_to_none=True)
+        loss = net(idx, y)[1]; loss.backward()
+        grads.append((loss.detach(), {k: p.grad.clone() for k, p in m.named_parameters()}))
+    torch.testing.assert_close(grads[1][0], grads[0][0], atol=1e-5, rtol=1e-5)
+    for k in grads[0][1]: torch.testing.assert_close(grads[1][1][k], grads[0][1][k], atol=1e-4, rtol=1e-4, msg=k)

@@ -343,3 +343,24 @@ def test_resume_refuses_options_that_change_the_run(shards, finished_run):
     assert '--batch-size 8 -> 16' in err and '--seed 1337 -> 7' in err and '--weight-decay 0.1 -> 0.3' in err
     code, _, err = run_cli(['train', *TINY, '--data', str(shards), '--out', str(finished_run), '--epochs', '2', '--resume'])
     assert code == 0, err                                                  # more epochs: the one change allowed
+
+
+def test_train_step_accumulates_micro_batches_as_one_batch():
+    "Two micro-batches of 4 step the weights as one batch of 8 does (the loss of each is halved)."
+    from minillm.model import MiniLLM, ModelConfig
+    from minillm.training import make_optimizer, train_step, fastest_threads
+    cfg, cpu = TrainConfig(batch_size=8, clip=1.0), torch.device('cpu')
+    x = torch.randint(0, VOCAB, (8, 16))
+    after = []
+    for batches in ([(x, x)], [(x[:4], x[:4]), (x[4:], x[4:])]):
+        torch.manual_seed(0)
+        m = MiniLLM(ModelConfig(vocab_size=VOCAB, block_size=16, n_layer=1, n_head=2, n_kv_head=2, n_embd=32))
+        opt = make_optimizer(m, cfg, cpu)
+        loss = train_step(m, opt, batches, 1e-3, cfg, cpu, 'float32')
+        assert all(p.grad is None for p in m.parameters())  # dropped, not zeroed
+        after.append((loss, [p.detach().clone() for p in m.parameters()]))
+    torch.testing.assert_close(after[1][0], after[0][0])
+    for a, b in zip(after[0][1], after[1][1]): torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+    n = torch.get_num_threads()
+    try: assert fastest_threads(lambda: train_step(m, opt, [(x, x)], 1e-3, cfg, cpu, 'float32'), counts=[1]) == 1
+    finally: torch.set_num_threads(n)
