@@ -35,17 +35,33 @@ def local_server(handler):
 
 
 def pytest_configure(config):
-    config._minillm_fault_report = []
+    config._minillm_report = {}  # section -> lines printed in the terminal summary
+
+
+def report(config, section: str) -> list:
+    "The lines of `section` in the end-of-session summary: a test appends what it measured (trial counts, figures)."
+    return config._minillm_report.setdefault(section, [])
 
 
 @pytest.fixture(scope='session')
 def fault_report(pytestconfig) -> list:
     "Lines a fault-injection test adds here are printed in the terminal summary (trial counts and outcomes)."
-    return pytestconfig._minillm_fault_report
+    return report(pytestconfig, 'fault injection')
+
+
+def pytest_sessionfinish(session):
+    "A pytest-xdist worker hands its summary lines to the controller, which prints them."
+    if hasattr(session.config, 'workeroutput'): session.config.workeroutput['minillm_report'] = session.config._minillm_report
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    for section, lines in getattr(node, 'workeroutput', {}).get('minillm_report', {}).items():
+        report(node.config, section).extend(lines)
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    lines = getattr(config, '_minillm_fault_report', [])
-    if lines:
-        terminalreporter.write_sep('-', 'fault injection')
+    for section, lines in getattr(config, '_minillm_report', {}).items():
+        if not lines: continue
+        terminalreporter.write_sep('-', section)
         for line in lines: terminalreporter.write_line(line)

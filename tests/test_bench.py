@@ -27,6 +27,17 @@ def quality(tmp_path_factory):
     return d, json.loads((d / 'q.json').read_text())
 
 
+def untrained_bits(q: dict, val: str) -> float:
+    "Bits per character of `val` under an untrained model of the shape and tokenizer of quality run `q` (7.58 here)."
+    import torch
+    from minillm.checkpoint import load_model
+    from minillm.model import MiniLLM
+    from minillm.tokenizer import Tokenizer
+    ck = Path(q['checkpoint'])
+    torch.manual_seed(0)
+    return bench.text_bits(MiniLLM(load_model(ck).config).eval(), Tokenizer.load(ck), val)['bits_per_char']
+
+
 def test_quality_json(quality):
     d, q = quality
     text = (d / 'all.txt').read_text(encoding='utf-8'); val = text[int(len(text) * 0.9):]
@@ -34,7 +45,7 @@ def test_quality_json(quality):
     assert q['bits_per_char'] > 0 and q['bits_per_byte'] > 0
     # bits of the same text: per byte = per char * chars / bytes
     assert math.isclose(q['bits_per_byte'], q['bits_per_char'] * q['chars'] / q['bytes'], rel_tol=1e-9)
-    assert q['bits_per_char'] < 8  # it learned something: far below a uniform guess over the vocabulary
+    assert q['bits_per_char'] < 0.8 * untrained_bits(q, val)  # it learned: an untrained model of its shape fails this
     assert q['training']['steps'] > 0 and q['tokenizer_s'] > 0
     assert q['tokenizer_s'] + q['training']['seconds'] <= q['budget_s'] + 2  # the tokenizer counts in the budget
     assert q['recipe']['vocab_size'] == 300 and set(q['machine']) >= {'cpu', 'cores', 'torch', 'torch_threads', 'date'}
@@ -110,7 +121,6 @@ def test_argument_errors_exit_1(tmp_path, capsys, args, msg):
     f = tmp_path / 'x.txt'; f.write_text(TEXT)
     args = [a.format(f=f, d=tmp_path / 'nowhere') for a in args]
     if msg is None:  # a missing pipeline run is checked only after the measurements: use a cheap stand-in
-        assert bench.MinillmError
         with pytest.raises(bench.MinillmError, match='summary.json'): bench.read_pipeline_times(tmp_path / 'nowhere')
         return
     assert main(['bench', *args]) == 1
@@ -119,7 +129,7 @@ def test_argument_errors_exit_1(tmp_path, capsys, args, msg):
 
 
 def test_unknown_subcommand_exits_1():
-    r = subprocess.run([sys.executable, '-m', 'minillm', 'bench', 'fast'], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, '-m', 'minillm', 'bench', 'fast'], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and 'invalid choice' in r.stderr
-    r = subprocess.run([sys.executable, '-m', 'minillm', 'bench'], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, '-m', 'minillm', 'bench'], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1

@@ -248,7 +248,8 @@ def test_usage_errors(args, tmp_path, capsys):
 
 def test_exit_code_from_a_real_process(tmp_path, mirror):
     r = subprocess.run([sys.executable, '-m', 'minillm', 'corpus', '--books', '999', '--mirror', mirror,
-                        '--out', str(tmp_path/'o'), '--cache', str(tmp_path/'c')], capture_output=True, text=True)
+                        '--out', str(tmp_path/'o'), '--cache', str(tmp_path/'c')], capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 2 and 'Traceback' not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith('minillm corpus: error: book 999 not found')
 

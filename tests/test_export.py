@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import report
 
 from minillm.core import main, ExitCode, MinillmError
 from minillm.testing import run_cli
@@ -26,7 +27,14 @@ TRICKY = ['', 'Hello world', ' leading space', '  two leading spaces', 'double  
           'Unicode: 東京 北京 ソウル', 'emoji 🙂🚀👩‍👩‍👧', 'rare ☃ 𝔘 ǅ', 'nbsp\u00a0zero\u200bwidth',
           'control \x00\x07 chars', 'mixed\r\nline ends', '"Quotes," she said -- and left.']
 
-FIGURES = {}  # measured numbers, printed at the end of the module (run pytest -s to see them)
+FIGURES = {}  # measured numbers, printed in the summary at the end of the session
+
+
+@pytest.fixture(scope='module', autouse=True)
+def report_figures(pytestconfig):
+    "The figures this module measured go to the end-of-session summary (a record, not a check)."
+    yield
+    report(pytestconfig, 'export figures').append(json.dumps(FIGURES))
 
 
 def sha_tree(d: Path) -> dict:
@@ -72,7 +80,7 @@ def hf_dir(trained) -> Path:
 @pytest.fixture(scope='module')
 def hf(hf_dir):
     "The exported folder loaded by transformers: (model, tokenizer)."
-    transformers = pytest.importorskip('transformers', reason='transformers is a dev requirement: pip install -e ".[dev]"')
+    import transformers  # a development requirement: its absence fails, never skips
     transformers.logging.disable_progress_bar()
     t0 = time.perf_counter()
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
@@ -159,7 +167,7 @@ def test_float16_hf_export(trained, tmp_path):
 # ---------------------------------------------------------------------------------------------- GGUF
 
 def test_gguf_tensors_and_metadata(trained, gguf_files):
-    gguf = pytest.importorskip('gguf')
+    import gguf  # a runtime requirement
     model, tok = load(trained)
     c, hf_weights = model.config, hf_state_dict(model)
     for dtype, path in gguf_files.items():
@@ -198,8 +206,7 @@ def test_gguf_tensors_and_metadata(trained, gguf_files):
 
 def test_gguf_read_by_transformers(trained, gguf_files, val_text):
     "transformers reads GGUF too (it undoes the q/k reordering): the logits match minillm's."
-    transformers = pytest.importorskip('transformers')
-    pytest.importorskip('accelerate', reason='transformers needs accelerate to read GGUF files')
+    import accelerate, transformers  # noqa: F401  development requirements (transformers reads GGUF with accelerate)
     model, tok = load(trained)
     batch = windows(tok, val_text, 4, model.config.block_size)
     for dtype, tol in (('float32', 1e-4), ('float16', 2e-2)):
@@ -356,7 +363,7 @@ def test_package_imports_without_transformers_and_gguf():
 @pytest.mark.parametrize('shape', [dict(n_head=4, n_kv_head=2, tie_embeddings=True),     # grouped-query attention
                                    dict(n_head=4, n_kv_head=1, tie_embeddings=False, rope_base=500.0)])  # untied, other base
 def test_other_shapes_match(data, val_text, tmp_path, shape):
-    transformers = pytest.importorskip('transformers')
+    import transformers
     tok = Tokenizer.load(data)
     torch.manual_seed(0)
     m = MiniLLM(ModelConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_embd=64, **shape)).eval()
@@ -373,18 +380,15 @@ def test_other_shapes_match(data, val_text, tmp_path, shape):
     import gguf
     names = {t.name for t in gguf.GGUFReader(gg).tensors}
     assert ('output.weight' in names) == (not shape['tie_embeddings'])
-    try: import accelerate  # noqa: F401
-    except ImportError: pass
-    else:
-        g = transformers.AutoModelForCausalLM.from_pretrained(gg.parent, gguf_file=gg.name, dtype=torch.float32).eval()
-        with torch.no_grad(): assert (m(batch)[0] - g(batch).logits).abs().max() < 1e-4
+    g = transformers.AutoModelForCausalLM.from_pretrained(gg.parent, gguf_file=gg.name, dtype=torch.float32).eval()
+    with torch.no_grad(): assert (m(batch)[0] - g(batch).logits).abs().max() < 1e-4
     back, _ = load(import_hf(tmp_path / 'hf', tmp_path / 'back'))
     assert all(torch.equal(back.state_dict()[k], v) for k, v in m.state_dict().items())
 
 
 def test_unigram_tokenizer(data, val_text, tmp_path):
     "A unigram tokenizer: transformers gets identical ids through its generic fast tokenizer; GGUF export refuses it."
-    transformers = pytest.importorskip('transformers')
+    import transformers
     tok = Tokenizer.load(train_tokenizer(data.parent / 'corpus', tmp_path / 'uni', vocab_size=1024, model_type='unigram'))
     assert spm_model_type(tok) == 'unigram' and spm_model_type(Tokenizer.load(data)) == 'bpe'
     ck = save_model(MiniLLM(ModelConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_kv_head=2, n_embd=32)),
@@ -394,8 +398,3 @@ def test_unigram_tokenizer(data, val_text, tmp_path):
     for text in TRICKY + [val_text]: assert hf_tok.encode(text) == tok.encode(text), text[:40]
     code, err = refusal(['export', '--checkpoint', str(ck), '--format', 'gguf', '--out', str(tmp_path / 'm.gguf')])
     assert code == ExitCode.USAGE and 'BPE' in err and not (tmp_path / 'm.gguf').exists()
-
-
-def test_print_figures():
-    "Not a check: the measured figures of this module, for the record (pytest -s shows them)."
-    print('\nexport figures:', json.dumps(FIGURES))

@@ -12,7 +12,7 @@ already cover are named where they belong rather than repeated:
 Run with `-s` to see the kill trials as they happen; a summary is printed at the end of the session.
 """
 import collections, errno, http.server, json, mmap, os, pickle, random, re, shlex, shutil, signal
-import socket, struct, subprocess, sys, threading, time
+import select, socket, struct, subprocess, sys, threading, time
 from pathlib import Path
 
 import pytest
@@ -106,8 +106,12 @@ class ForkServer:
         self.p = subprocess.Popen([sys.executable, '-c', FORK_SERVER, json.dumps([str(a) for a in warm_up])],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV)
 
-    def _ask(self, req) -> dict:
+    def _ask(self, req, timeout: float = 300) -> dict:
+        "Send one request and read its one-line answer, within `timeout` seconds (a hung child fails the test)."
         self.p.stdin.write(json.dumps(req) + '\n'); self.p.stdin.flush()
+        # each answer is read whole before the next request, so nothing waits in the reader's buffer: select sees it all
+        ready, _, _ = select.select([self.p.stdout], [], [], timeout)
+        assert ready, f'the fork server did not answer {req} within {timeout} s'
         return json.loads(self.p.stdout.readline())
 
     def start(self, args, phase_file: Path, log: Path) -> int:
@@ -324,6 +328,7 @@ def test_interrupt_every_phase_then_the_printed_command_resumes(chain, tmp_path,
     for p in pl.PHASES:  # every parameter arrived as the value it was, quotes, backslashes and newlines included
         assert json.loads((traps/f'params-{p.name}.json').read_text()) == pl.phase_parameters(p.name, final), p.name
     assert not list(tmp_path.rglob('PWNED')) and not Path('PWNED').exists()
+    assert len(second) == (chain == 'sigint first'), 'the second pipeline did not run'  # it runs in the first chain only
     if second:
         r = second[0]
         assert r.returncode == 1 and error_line(r.stderr).startswith(f'minillm pipeline: error: {run} is in use by pid '
@@ -478,7 +483,8 @@ def test_second_train_into_a_directory_in_use_is_refused(tmp_path, capsys):
     try:
         t0 = time.time()
         while (read_lock(out) or {}).get('pid') != first.pid:
-            assert first.poll() is None and time.time() - t0 < 60, first.communicate()
+            assert first.poll() is None, first.communicate(timeout=60)
+            assert time.time() - t0 < 60, 'the first run did not take the lock within a minute'
             time.sleep(0.05)
         code = main(['train', *args, '--resume'])
         line = error_line(capsys.readouterr().err)

@@ -189,7 +189,7 @@ def test_truncated_model(data, tmp_path):
 
 def test_python_m_minillm_exit_code(tmp_path):
     r = subprocess.run([sys.executable, '-m', 'minillm', 'tokenizer', '--corpus', str(tmp_path), '--out',
-                        str(tmp_path/'o')], capture_output=True, text=True)
+                        str(tmp_path/'o')], capture_output=True, text=True, timeout=120)
     assert r.returncode == ExitCode.USAGE and 'minillm tokenizer: error: no corpus' in r.stderr
 
 
