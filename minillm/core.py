@@ -225,7 +225,7 @@ def add_options(p, cls, flags: dict | None = None, skip=(), types: dict | None =
         if f.name in skip: continue
         if f.name not in helps: raise TypeError(f'{cls.__name__}.{f.name} needs a comment: it is the help of its option')
         flag, d = flags.get(f.name, '--' + f.name.replace('_', '-')), getattr(defaults, f.name)
-        kw = dict(help=helps[f.name], **extra.get(f.name, {}))
+        kw = dict(help=helps[f.name].replace('%', '%%'), **extra.get(f.name, {}))  # argparse formats help with %
         if not flag.startswith('-'): p.add_argument(flag, **kw); continue  # a positional argument is always given
         if isinstance(d, bool): kw.setdefault('action', 'store_false' if d else 'store_true')
         else:

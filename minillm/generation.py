@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .core import MinillmError, ExitCode, add_command, add_options, atomic_write, config_from_args
 from .model import MiniLLM
-from .checkpoint import find_checkpoint, load
+from .checkpoint import find_checkpoint, load, snapshots
 from .ngram import baseline_bpb
 from .tokenizer import Tokenizer, check_shards, read_meta, load_shard
 from .training import pick_device
@@ -25,8 +25,8 @@ __all__ = ['WORD', 'VALIDATE_PROMPTS', 'BASELINES', 'THRESHOLDS', 'check_samplin
            'pick_next', 'next_tokens', 'decode_step', 'decode_steps', 'StreamDecoder', 'StopScanner', 'stream',
            'generate', 'token_nll', 'words_of', 'distinct_bigrams', 'reference_bigrams', 'validation_inputs',
            'corpus_words', 'score_split', 'CheckpointOptions', 'ValidateConfig', 'resolve_device', 'bpb_check',
-           'changed_thresholds', 'sample_checks', 'validate', 'check_report', 'evaluate', 'GenerateConfig',
-           'EvaluateConfig', 'add_cli']
+           'changed_thresholds', 'sample_checks', 'progress_samples', 'validate', 'check_report', 'evaluate',
+           'GenerateConfig', 'EvaluateConfig', 'add_cli']
 
 # %% ../nbs/05_generation.ipynb #90bf3c7b
 def check_sampling(temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
@@ -361,6 +361,18 @@ def sample_checks(samples: list[str], vocab: set[str], val_text: str, cfg: Valid
                                           f'{cfg.min_distinct_bigrams} x the same ratio of validation text cut into '
                                           f'chunks of the same word counts ({ref:.4f})')}
 
+# %% ../nbs/05_generation.ipynb #640c6933
+def progress_samples(run_dir, prompts: list[str], cfg: ValidateConfig, device) -> list[dict]:
+    "Samples from each snapshot of a training run (start, middle, end): the same prompts and seeds."
+    rows = []
+    for step, d in snapshots(run_dir):
+        model, tok = load(d, device)
+        texts = [generate(model, tok, p, cfg.sample_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                          seed=cfg.seed + i) for i, p in enumerate(prompts)]
+        rows.append(dict(step=step, samples=[dict(prompt=p, seed=cfg.seed + i, text=t)
+                                             for i, (p, t) in enumerate(zip(prompts, texts))]))
+    return rows
+
 # %% ../nbs/05_generation.ipynb #39ac87e7
 def validate(checkpoint_dir, **options) -> dict:
     "Check that a checkpoint learned real text: it beats counting, writes words, does not loop. `options`: ValidateConfig."
@@ -381,6 +393,8 @@ def validate(checkpoint_dir, **options) -> dict:
                   checkpoint=str(ck), data_dir=str(data), word_list=source, **scores, checks=checks,
                   thresholds_changed=changed_thresholds(cfg),
                   samples=[dict(prompt=p, seed=cfg.seed + i, text=s) for i, (p, s) in enumerate(zip(prompts, samples))])
+    run = Path(cfg.checkpoint_dir) if snapshots(cfg.checkpoint_dir) else ck.parent.parent  # a run, or its checkpoint
+    report['progress'] = progress_samples(run, prompts[:3], cfg, resolve_device(cfg.device))
     if cfg.report_path: _write_json(report, cfg.report_path)
     return report
 

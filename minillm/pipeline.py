@@ -5,7 +5,7 @@
 # %% ../nbs/06_pipeline.ipynb #a080baa7
 from __future__ import annotations
 import argparse, contextlib, datetime as dt, hashlib, importlib, importlib.util, json, os, platform, shlex
-import signal, subprocess, sys, tempfile, threading, time
+import signal, subprocess, sys, tempfile, textwrap, threading, time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -15,38 +15,36 @@ from .checkpoint import check_start_flags, has_checkpoints
 from .corpus import check_mirror, parse_books, text_files
 from .generation import THRESHOLDS, resolve_device
 from .model import MODEL_PRESETS
-from .tokenizer import check_vocab_size
+from .tokenizer import DEFAULT_VOCAB_SIZE, check_vocab_size
 from .training import TrainConfig, check_config
 
 # %% auto #0
-__all__ = ['PHASES', 'REQUIRED_PACKAGES', 'KERNEL_NAME', 'PipelineConfig', 'Phase', 'training_budget', 'phase_parameters',
-           'find_notebooks', 'check_packages', 'install_kernel', 'check_kernel', 'check_validation_params',
-           'check_options', 'check_prerequisites', 'make_notebook', 'run_notebook', 'resolve_resume',
-           'phase_fingerprint', 'corpus_intact', 'outputs_present', 'versions', 'git_commit', 'samples_of',
-           'report_markdown', 'write_report', 'check_outputs', 'forward_interrupts', 'resume_command',
-           'make_standin_notebooks', 'run_pipeline', 'add_cli']
+__all__ = ['PIPELINE_SETS', 'PHASES', 'REQUIRED_PACKAGES', 'KERNEL_NAME', 'PipelineConfig', 'Phase', 'training_budget',
+           'training_options', 'phase_parameters', 'find_notebooks', 'check_packages', 'install_kernel', 'check_kernel',
+           'check_validation_params', 'check_options', 'check_prerequisites', 'make_notebook', 'run_notebook',
+           'resolve_resume', 'phase_fingerprint', 'corpus_intact', 'outputs_present', 'versions', 'git_commit',
+           'samples_of', 'progress_table', 'report_markdown', 'write_report', 'check_outputs', 'forward_interrupts',
+           'resume_command', 'make_standin_notebooks', 'run_pipeline', 'add_cli']
 
 # %% ../nbs/06_pipeline.ipynb #3699c4ff
 @dataclass
-class PipelineConfig:
-    "Everything one `minillm pipeline` run needs; each field is a command-line option."
+class PipelineConfig(TrainConfig):
+    "Everything one `minillm pipeline` run needs: every training option of chapter 4, and the pipeline's own."
+    max_time: str = '4m'            # the whole training time, e.g. 4m or 1h30m: the schedule is planned to end annealed in it; 'none' trains every epoch
+    resume: bool = False            # continue training from existing checkpoints without asking
+    force_restart: bool = False     # start training over, replacing existing checkpoints, without asking
     run_dir: str = 'runs/default'   # where every artifact, executed notebook and the report go
-    epochs: int = 20                # passes over the training tokens
-    batch_size: int = 32            # sequences per optimizer step
-    learning_rate: float = 3e-4     # peak learning rate of AdamW
-    model: str = 'default'          # model shape, a preset of chapter 3: nano, default, small, medium or tiny
-    vocab_size: int = 4096          # tokens the tokenizer learns
+    vocab_size: int = DEFAULT_VOCAB_SIZE  # tokens the tokenizer learns
     books: str = ''                 # comma-separated Project Gutenberg numbers; '' is the bundled corpus (offline)
     files: list[str] | None = None  # your own plain-text books: .txt files or folders of them (read here, never sent anywhere)
     mirror: str = ''                # Project Gutenberg mirror or local server for --books
     skip_corpus: bool = False       # reuse RUN/corpus from an earlier run
-    resume: bool = False            # continue training from existing checkpoints without asking
-    force_restart: bool = False     # start training over, replacing existing checkpoints, without asking
-    device: str = 'auto'            # cpu, cuda, mps or auto
-    max_time: str = '4m'            # training's wall-clock budget, then it saves and validation runs; 20 epochs of the bundled corpus take about 40 minutes on 2 CPU cores; 'none' trains every epoch
     min_free_disk: float = 2.0      # GB that must be free in the run directory
     notebooks: str = ''             # folder with the chapter notebooks; '' finds the installed ones
     validation: dict = field(default_factory=dict)  # extra parameters for 05_generation.ipynb (thresholds)
+
+PIPELINE_SETS = ('data_dir', 'out_dir', 'progress')  # training options the pipeline fills in itself
+
 
 # %% ../nbs/06_pipeline.ipynb #c36bc7dd
 @dataclass(frozen=True)
@@ -67,6 +65,11 @@ def training_budget(max_time: str) -> str:
     "Training's `max_time` parameter: `none`, `0` or empty mean no limit (train every epoch)."
     return '' if str(max_time).strip().lower() in ('', 'none', '0') else str(max_time)
 
+def training_options(cfg: PipelineConfig) -> dict:
+    "Every training option of `cfg` but those the pipeline fills in: chapter 4's `options` parameter."
+    opts = {f.name: getattr(cfg, f.name) for f in fields(TrainConfig) if f.name not in PIPELINE_SETS}
+    return dict(opts, max_time=training_budget(cfg.max_time), progress=False)
+
 def phase_parameters(name: str, cfg: PipelineConfig) -> dict:
     "The papermill parameters of phase `name` for the run `cfg`."
     run = Path(cfg.run_dir).resolve()
@@ -76,10 +79,8 @@ def phase_parameters(name: str, cfg: PipelineConfig) -> dict:
             'tokenizer': lambda: dict(corpus_dir=str(run/'corpus'), out_dir=str(run/'data'),
                                       vocab_size=cfg.vocab_size, show_stats=False, show_demos=False),
             'model': lambda: dict(show_benchmarks=False),
-            'training': lambda: dict(data_dir=str(run/'data'), out_dir=str(run/'train'), epochs=cfg.epochs,
-                                     batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, model=cfg.model,
-                                     device=cfg.device, max_time=training_budget(cfg.max_time), resume=cfg.resume,
-                                     force_restart=cfg.force_restart),
+            'training': lambda: dict(data_dir=str(run/'data'), out_dir=str(run/'train'),
+                                     options=training_options(cfg)),
             'validation': lambda: dict(checkpoint_dir=str(run/'train'), data_dir=str(run/'data'),
                                        corpus_dir=str(run/'corpus'), report_path=str(run/'validation.json'),
                                        **cfg.validation)}[name]()
@@ -151,7 +152,9 @@ def check_options(cfg: PipelineConfig) -> None:
     if cfg.mirror: check_mirror(cfg.mirror)
     if cfg.files: text_files(cfg.files)
     check_vocab_size(cfg.vocab_size, ExitCode.USAGE)
-    check_config(TrainConfig(**phase_parameters('training', cfg)))  # model preset, numbers, time budget
+    if not 0 <= cfg.min_free_disk < float('inf'):
+        raise MinillmError(f'--min-free-disk must be a number of GB, 0 or more, not {cfg.min_free_disk}', ExitCode.USAGE)
+    check_config(TrainConfig(**training_options(cfg)))  # model preset, numbers, time budget
     resolve_device(cfg.device)
     check_validation_params(cfg.validation)
 
@@ -295,6 +298,23 @@ def _verdict(summary: dict) -> str:
     return (f'**Validation failed**: {summary["failure"]}\n\nThe trained checkpoints are in `train/`; the '
             f'numbers below show how far the model got, and `validation.json` has every check.\n')
 
+def _wrapped(text: str, width: int = 88) -> str:
+    "Text with each line wrapped at `width` columns (samples are one long line more often than not)."
+    return '\n'.join(textwrap.fill(l, width) if l.strip() else '' for l in text.strip().splitlines())
+
+def progress_table(validation: dict) -> str:
+    "Samples from training's start, middle and end side by side: a row per prompt, a column per snapshot."
+    rows = validation.get('progress') or []
+    if not rows: return ''
+    names = ['start'] + ['middle'] * (len(rows) - 2) + ['end'] if len(rows) > 1 else ['end']
+    cell = lambda t: ' '.join(t.split()).replace('|', '\\|') or ' '
+    lines = ['| prompt | ' + ' | '.join(f'{n} (step {r["step"]:,})' for n, r in zip(names, rows)) + ' |',
+             '|---' * (len(rows) + 1) + '|']
+    for i, s in enumerate(rows[0]['samples']):
+        lines.append(f'| {cell(repr(s["prompt"]))} (seed {s["seed"]}) | '
+                     + ' | '.join(cell(r['samples'][i]['text']) for r in rows) + ' |')
+    return '\n'.join(lines) + '\n'
+
 def report_markdown(summary: dict, run: Path) -> str:
     "The report for people: the verdict, configuration, timings, metrics, loss curve and samples."
     parts = [f'# minillm run {run.name}\n', f'Finished {summary["finished"]}, git commit '
@@ -304,7 +324,10 @@ def report_markdown(summary: dict, run: Path) -> str:
              '## Training\n', _table(summary['training'])]
     if (run/'train'/'loss.png').exists(): parts.append('![loss curve](train/loss.png)\n')
     parts += ['## Validation\n', _table(summary['validation'])]
-    parts += ['## Samples\n'] + [f'```text\n{s.strip()}\n```\n' for s in samples_of(summary['validation'])]
+    parts += ['## Samples\n'] + [f'```text\n{_wrapped(s)}\n```\n' for s in samples_of(summary['validation'])]
+    if table := progress_table(summary['validation']):
+        parts += ['## From the first step to the last\n', 'The same prompts and seeds, written by the weights saved at '
+                  "the start, the middle and the end of training:\n", table]
     parts.append('The executed notebooks are in `notebooks/`: open one to see exactly what ran.\n')
     return '\n'.join(parts)
 
@@ -397,7 +420,7 @@ def resume_command(cfg: PipelineConfig) -> str:
     args, default = ['minillm', 'pipeline', '--run-dir', str(cfg.run_dir)], PipelineConfig()
     for f in fields(PipelineConfig):
         v = getattr(cfg, f.name)
-        if f.name in ('run_dir', 'resume', 'force_restart', 'validation') or v == getattr(default, f.name): continue
+        if f.name in ('run_dir', 'resume', 'force_restart', 'validation', *PIPELINE_SETS) or v == getattr(default, f.name): continue
         args += ['--' + f.name.replace('_', '-')] + ([] if isinstance(v, bool) else [str(v)])
     args += [a for k, v in cfg.validation.items() for a in ('--validation-param', f'{k}={json.dumps(v)}')]
     return shlex.join(args + ['--resume'])
@@ -419,7 +442,7 @@ def make_standin_notebooks(folder, fail: str = '') -> Path:
               'model': "print('model ok')",
               'training': "c = Path(out_dir)/'checkpoints'/'last'; c.mkdir(parents=True, exist_ok=True)\n"
                           "(c/'model.safetensors').write_bytes(b'')\n"
-                          "(Path(out_dir)/'summary.json').write_text(json.dumps({'val_loss': 3.2, 'epochs': epochs}))",
+                          "(Path(out_dir)/'summary.json').write_text(json.dumps({'val_loss': 3.2, 'epochs': options['epochs']}))",
               'validation': "Path(report_path).write_text(json.dumps({'passed': True, 'samples': ['To be or not']}))"}
     for p in PHASES:
         params = '\n'.join(f'{k} = {v!r}' for k, v in phase_parameters(p.name, PipelineConfig()).items())
@@ -469,13 +492,11 @@ def run_pipeline(cfg: PipelineConfig, ask=None, isatty=None, quiet: bool = False
         return write_report(cfg, durations, skipped)
 
 # %% ../nbs/06_pipeline.ipynb #d86a4516
-def _positive(kind):
-    "An argparse type: a number of `kind` above zero (or zero, for a float)."
+def _number(kind):
+    "An argparse type: a number of `kind`, or one line saying it is not (ranges: `check_options`)."
     def conv(text):
-        try: v = kind(text)
+        try: return kind(text)
         except ValueError: raise argparse.ArgumentTypeError(f'not a number: {text!r}') from None
-        if v < 0 or (kind is int and v == 0): raise argparse.ArgumentTypeError(f'must be positive: {text!r}')
-        return v
     conv.__name__ = kind.__name__
     return conv
 
@@ -505,7 +526,7 @@ def add_cli(subparsers) -> None:
                     ['minillm pipeline', 'minillm pipeline --files my_books/ --run-dir runs/mine',
                      'minillm pipeline --books 1342,11 --run-dir runs/pg', 'minillm pipeline --epochs 5 --run-dir runs/quick',
                      'minillm pipeline --run-dir runs/quick --resume'])
-    add_options(p, PipelineConfig, skip=['validation'], types={'int': _positive(int), 'float': _positive(float)},
+    add_options(p, PipelineConfig, skip=['validation', *PIPELINE_SETS], types={'int': _number(int), 'float': _number(float)},
                 model=dict(choices=list(MODEL_PRESETS)), files=dict(nargs='+', metavar='PATH'))
     p.add_argument('--validation-param', action='append', type=_validation_param, default=[], metavar='NAME=VALUE',
                    help=f'a validation threshold of 05_generation.ipynb: {", ".join(THRESHOLDS)} (repeatable)')

@@ -38,7 +38,7 @@ def split_bytes(manifest: dict, split: str) -> int:
     return sum(doc[s][1] - doc[s][0] for doc in manifest.get('documents', []) for s in splits)
 
 # %% ../nbs/02_tokenizer.ipynb #4085611c
-DEFAULT_VOCAB_SIZE = 4096   # chosen for the bundled corpus and the default model by the sweep at the end
+DEFAULT_VOCAB_SIZE = 1024   # chosen by training the default model at the pipeline's budget (end of page)
 SPECIAL_IDS = dict(unk_id=0, bos_id=1, eos_id=2, pad_id=3)  # <unk> <s> </s> <pad>, fixed for every model
 USER_SYMBOLS = ['\n']       # a newline is one token of its own and never part of a bigger piece
 N_RESERVED = len(SPECIAL_IDS) + 256 + len(USER_SYMBOLS)  # special tokens, 256 byte pieces, newline

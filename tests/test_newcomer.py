@@ -206,6 +206,8 @@ def test_relative_paths_are_recorded_absolute(tmp_path, monkeypatch):
     (['--model', 'huge'], "argument --model: invalid choice: 'huge'"),
     (['--vocab-size', '100'], 'vocabulary size 100 is too small'),
     (['--learning-rate', '0'], '--learning-rate must be positive'),
+    (['--batch-size', '0'], '--batch-size must be positive'),
+    (['--min-free-disk', '-1'], '--min-free-disk must be a number of GB, 0 or more'),
     (['--device', 'gpu0'], "--device 'gpu0' is not a device"),
     (['--files', '/nonexistent/books'], '--files: /nonexistent/books is neither a file nor a folder'),
     (['--books', 'pride'], "bad --books value 'pride'"),

@@ -333,3 +333,15 @@ def style_problems(name: str) -> list[str]:
 def test_house_style(name):
     "Exported cells stay small (30 lines at most) and each is followed by a cell that shows or tests what it defines."
     assert style_problems(name) == []
+
+
+def test_every_command_prints_its_help(capsys):
+    "`minillm COMMAND --help` works for every command (argparse formats help with %: a stray one broke it once)."
+    from minillm.core import build_parser
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == 'command').choices
+    assert {'train', 'pipeline', 'generate', 'validate'} <= set(commands)
+    for name in commands:
+        with pytest.raises(SystemExit) as e: parser.parse_args([name, '--help'])
+        assert e.value.code == 0, name
+        assert f'usage: minillm {name}' in capsys.readouterr().out
