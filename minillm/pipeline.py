@@ -287,17 +287,7 @@ def samples_of(validation: dict) -> list[str]:
             out.append(text if text.startswith(s.get('prompt') or '') else (s.get('prompt') or '') + text)
     return out
 
-# %% ../nbs/06_pipeline.ipynb #c8e65072
-def _table(d: dict) -> str:
-    rows = [f'| {k} | {v:.4g} |' if isinstance(v, float) else f'| {k} | {v} |'
-            for k, v in d.items() if not isinstance(v, (dict, list))]
-    return '\n'.join(['| | |', '|---|---|'] + rows) + '\n'
-
-def _verdict(summary: dict) -> str:
-    if not summary.get('failure'): return '**Validation passed**: the model writes text that counting cannot.\n'
-    return (f'**Validation failed**: {summary["failure"]}\n\nThe trained checkpoints are in `train/`; the '
-            f'numbers below show how far the model got, and `validation.json` has every check.\n')
-
+# %% ../nbs/06_pipeline.ipynb #65e65139
 def _wrapped(text: str, width: int = 88) -> str:
     "Text with each line wrapped at `width` columns (samples are one long line more often than not)."
     return '\n'.join(textwrap.fill(l, width) if l.strip() else '' for l in text.strip().splitlines())
@@ -311,9 +301,21 @@ def progress_table(validation: dict) -> str:
     lines = ['| prompt | ' + ' | '.join(f'{n} (step {r["step"]:,})' for n, r in zip(names, rows)) + ' |',
              '|---' * (len(rows) + 1) + '|']
     for i, s in enumerate(rows[0]['samples']):
-        lines.append(f'| {cell(repr(s["prompt"]))} (seed {s["seed"]}) | '
+        lines.append(f'| {cell(s["prompt"] or "(a new document)")} (seed {s["seed"]}) | '
                      + ' | '.join(cell(r['samples'][i]['text']) for r in rows) + ' |')
     return '\n'.join(lines) + '\n'
+
+
+# %% ../nbs/06_pipeline.ipynb #c8e65072
+def _table(d: dict) -> str:
+    rows = [f'| {k} | {v:.4g} |' if isinstance(v, float) else f'| {k} | {v} |'
+            for k, v in d.items() if not isinstance(v, (dict, list))]
+    return '\n'.join(['| | |', '|---|---|'] + rows) + '\n'
+
+def _verdict(summary: dict) -> str:
+    if not summary.get('failure'): return '**Validation passed**: the model writes text that counting cannot.\n'
+    return (f'**Validation failed**: {summary["failure"]}\n\nThe trained checkpoints are in `train/`; the '
+            f'numbers below show how far the model got, and `validation.json` has every check.\n')
 
 def report_markdown(summary: dict, run: Path) -> str:
     "The report for people: the verdict, configuration, timings, metrics, loss curve and samples."

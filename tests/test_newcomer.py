@@ -111,11 +111,7 @@ def test_slow_demonstrations_are_opt_in(name):
 
 
 # pages other branches own, whose rows the measurements of issue 20 go to (as a learner runs them, 2 busy cores)
-OTHERS_ROWS = {'07_bench': 'the bench rewrite: its row says "a few seconds"; the page took 50 s'}
-
-
-@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.xfail(reason=OTHERS_ROWS[n], strict=True))
-                                  if n in OTHERS_ROWS else n for n in CHAPTERS])
+@pytest.mark.parametrize('name', CHAPTERS)
 def test_each_chapter_states_its_run_time(name):
     "Each chapter's 'how long' table has a row for running the whole page, as a learner runs it."
     text = '\n'.join(''.join(c['source']) for c in json.loads((NBS/f'{name}.ipynb').read_text())['cells']
