@@ -23,8 +23,8 @@ __all__ = ['PIPELINE_SETS', 'PHASES', 'REQUIRED_PACKAGES', 'KERNEL_NAME', 'Pipel
            'training_options', 'phase_parameters', 'find_notebooks', 'check_packages', 'install_kernel', 'check_kernel',
            'check_validation_params', 'check_options', 'check_prerequisites', 'make_notebook', 'run_notebook',
            'resolve_resume', 'phase_fingerprint', 'corpus_intact', 'outputs_present', 'versions', 'git_commit',
-           'samples_of', 'progress_table', 'report_markdown', 'write_report', 'check_outputs', 'forward_interrupts',
-           'resume_command', 'make_standin_notebooks', 'run_pipeline', 'add_cli']
+           'samples_of', 'progress_table', 'checks_table', 'report_markdown', 'write_report', 'check_outputs',
+           'forward_interrupts', 'resume_command', 'make_standin_notebooks', 'run_pipeline', 'add_cli']
 
 # %% ../nbs/06_pipeline.ipynb #3699c4ff
 @dataclass
@@ -306,6 +306,21 @@ def progress_table(validation: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
+# %% ../nbs/06_pipeline.ipynb #3a81b58c
+def checks_table(validation: dict) -> str:
+    "Every check of a validation report (figure, threshold, rule), the baselines, and changed thresholds."
+    checks = validation.get('checks') or {}
+    if not checks: return ''
+    rows = ['| check | value | threshold | passed | rule |', '|---|---:|---:|---|---|']
+    rows += [f'| {n} | {c["value"]} | {c["threshold"]} | {"yes" if c["passed"] else "**no**"} | {c["rule"]} |'
+             for n, c in checks.items()]
+    base = ', '.join(f'{k} {v}' for k, v in (validation.get('baselines') or {}).items())
+    changed = ', '.join(f'{k} {v} (default {d})' for k, (v, d) in (validation.get('thresholds_changed') or {}).items())
+    return '\n'.join(rows + ['', f'Counting baselines, bits per byte of the same tokens: {base}.', '',
+                              f'Thresholds changed from their defaults: {changed}.' if changed
+                              else 'Every threshold is at its default.']) + '\n'
+
+
 # %% ../nbs/06_pipeline.ipynb #c8e65072
 def _table(d: dict) -> str:
     rows = [f'| {k} | {v:.4g} |' if isinstance(v, float) else f'| {k} | {v} |'
@@ -325,7 +340,7 @@ def report_markdown(summary: dict, run: Path) -> str:
              '## Phases\n', _table({k: f'{v:.1f} s' for k, v in summary['phase_seconds'].items()}),
              '## Training\n', _table(summary['training'])]
     if (run/'train'/'loss.png').exists(): parts.append('![loss curve](train/loss.png)\n')
-    parts += ['## Validation\n', _table(summary['validation'])]
+    parts += ['## Validation\n', checks_table(summary['validation']), _table(summary['validation'])]
     parts += ['## Samples\n'] + [f'```text\n{_wrapped(s)}\n```\n' for s in samples_of(summary['validation'])]
     if table := progress_table(summary['validation']):
         parts += ['## From the first step to the last\n', 'The same prompts and seeds, written by the weights saved at '

@@ -56,7 +56,7 @@ def test_standin_run_report_and_skips(tmp_path, standins, monkeypatch):
     assert '## Samples' in report and 'To be or not' in report and '| epochs | 3 |' in report
     # the executed notebook records the injected parameters
     nb = json.loads((run/'notebooks'/'04_training.ipynb').read_text())
-    assert any('injected-parameters' in c['metadata'].get('tags', []) and "'epochs': 3" in ''.join(c['source'])
+    assert any('injected-parameters' in c['metadata'].get('tags', []) and '"epochs": 3' in ''.join(c['source'])
                for c in nb['cells'])
     # a second run: checkpoints exist and there is no terminal, so it refuses ...
     monkeypatch.setattr(pl, '_interactive', lambda: False)
