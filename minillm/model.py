@@ -10,10 +10,11 @@ from dataclasses import dataclass, asdict, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['MODEL_PRESETS', 'ModelConfig', 'RMSNorm', 'rope_tables', 'apply_rope', 'KVCache', 'causal_mask', 'Attention',
-           'SwiGLU', 'Block', 'MiniLLM', 'init_weights', 'head_loss', 'count_params', 'flops_per_token', 'compiled']
+           'SwiGLU', 'Block', 'init_weights', 'MiniLLM', 'head_loss', 'count_params', 'flops_per_token', 'compiled']
 
 # %% ../nbs/03_model.ipynb #798de844
 @dataclass
@@ -41,15 +42,23 @@ class ModelConfig:
     @property
     def head_dim(self) -> int: return self.n_embd // self.n_head
 
-    def to_dict(self) -> dict: return asdict(self)
+# %% ../nbs/03_model.ipynb #d7a67a99
+@patch
+def to_dict(self: ModelConfig) -> dict:
+    "The fields as a dict, ready for JSON (`config.json` next to the weights)."
+    return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        if not isinstance(d, dict): raise ValueError(f'a ModelConfig is a JSON object, not {type(d).__name__}')
-        names = {f.name for f in fields(cls)}
-        if unknown := set(d) - names: raise ValueError(f'unknown ModelConfig fields {sorted(unknown)}')
-        if missing := names - set(d): raise ValueError(f'missing ModelConfig fields {sorted(missing)}')  # no silent defaults
-        return cls(**d)
+@patch(cls_method=True)
+def from_dict(cls: ModelConfig, d: dict) -> ModelConfig:
+    "The config `to_dict` gave: every field, and nothing else (no silent defaults)."
+    if not isinstance(d, dict):
+        raise ValueError(f'a ModelConfig is a JSON object, not {type(d).__name__}')
+    names = {f.name for f in fields(cls)}
+    if unknown := set(d) - names:
+        raise ValueError(f'unknown ModelConfig fields {sorted(unknown)}')
+    if missing := names - set(d):
+        raise ValueError(f'missing ModelConfig fields {sorted(missing)}')
+    return cls(**d)
 
 # %% ../nbs/03_model.ipynb #271da976
 MODEL_PRESETS = {
@@ -172,6 +181,15 @@ class Block(nn.Module):
         x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, cache, layer))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
+# %% ../nbs/03_model.ipynb #24676e54
+@torch.no_grad()
+def init_weights(m: nn.Module, n_layer: int):
+    "Random weights (std 0.02); residual outputs shrunk by 1/sqrt(2 n_layer) (GPT-2)."
+    if isinstance(m, (nn.Linear, nn.Embedding)): nn.init.normal_(m.weight, std=0.02)
+    if isinstance(m, (Attention, SwiGLU)):
+        out = m.proj if isinstance(m, Attention) else m.down
+        nn.init.normal_(out.weight, std=0.02 / math.sqrt(2 * n_layer))
+
 # %% ../nbs/03_model.ipynb #29939923
 class MiniLLM(nn.Module):
     "A decoder-only transformer in the Llama style: RMSNorm, RoPE, SwiGLU, tied head."
@@ -189,37 +207,30 @@ class MiniLLM(nn.Module):
         self.register_buffer('rope_sin', sin, persistent=False)
         self.apply(lambda m: init_weights(m, c.n_layer))
 
-    def forward(self, idx, targets=None, cache: KVCache | None = None):
-        "(logits (B, T, vocab), None) for ids (B, T); with targets, (None, mean loss)."
-        B, T = idx.shape
-        # reading pos waits for the device: checked eagerly, left out of a compiled step
-        pos = 0 if cache is None or torch.compiler.is_compiling() else int(cache.pos)
-        if pos + T > self.config.block_size:
-            raise ValueError(f'{pos + T} tokens exceed the context length '
-                             f'block_size={self.config.block_size}')
-        at = torch.arange(T, device=idx.device) if cache is None else cache.advance(T)
-        cos, sin = self.rope_cos[at], self.rope_sin[at]              # (T, D/2)
-        x = self.drop(self.embed(idx))                               # (B, T, C)
-        for i, block in enumerate(self.blocks): x = block(x, cos, sin, cache, i)
-        x = self.norm(x)
-        head = (self.lm_head or self.embed).weight                  # (V, C)
-        if targets is None: return F.linear(x, head), None                # (B, T, V)
-        return None, head_loss(x.reshape(B * T, -1), head, targets.reshape(-1))
-
     def make_cache(self, batch_size: int, device=None, dtype=None) -> KVCache:
         "An empty key/value cache for `batch_size` sequences of `block_size` tokens."
         c, p = self.config, self.embed.weight
         return KVCache(c.n_layer, batch_size, c.n_kv_head, c.block_size, c.head_dim,
                        device=device or p.device, dtype=dtype or p.dtype)
 
-# %% ../nbs/03_model.ipynb #24676e54
-@torch.no_grad()
-def init_weights(m: nn.Module, n_layer: int):
-    "Random weights (std 0.02); residual outputs shrunk by 1/sqrt(2 n_layer) (GPT-2)."
-    if isinstance(m, (nn.Linear, nn.Embedding)): nn.init.normal_(m.weight, std=0.02)
-    if isinstance(m, (Attention, SwiGLU)):
-        out = m.proj if isinstance(m, Attention) else m.down
-        nn.init.normal_(out.weight, std=0.02 / math.sqrt(2 * n_layer))
+# %% ../nbs/03_model.ipynb #2056d928
+@patch
+def forward(self: MiniLLM, idx, targets=None, cache: KVCache | None = None):
+    "(logits (B, T, vocab), None) for ids (B, T); with targets, (None, mean loss)."
+    B, T = idx.shape
+    # reading pos waits for the device: checked eagerly, left out of a compiled step
+    pos = 0 if cache is None or torch.compiler.is_compiling() else int(cache.pos)
+    if pos + T > self.config.block_size:
+        raise ValueError(f'{pos + T} tokens exceed the context length '
+                         f'block_size={self.config.block_size}')
+    at = torch.arange(T, device=idx.device) if cache is None else cache.advance(T)
+    cos, sin = self.rope_cos[at], self.rope_sin[at]              # (T, D/2)
+    x = self.drop(self.embed(idx))                               # (B, T, C)
+    for i, block in enumerate(self.blocks): x = block(x, cos, sin, cache, i)
+    x = self.norm(x)
+    head = (self.lm_head or self.embed).weight                  # (V, C)
+    if targets is None: return F.linear(x, head), None                # (B, T, V)
+    return None, head_loss(x.reshape(B * T, -1), head, targets.reshape(-1))
 
 # %% ../nbs/03_model.ipynb #9f05d95c
 def head_loss(x, head, targets, max_logits: int = 1 << 20):
