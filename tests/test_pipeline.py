@@ -137,7 +137,7 @@ def test_resume_prompt_on_a_terminal(recorded, standins, monkeypatch, answer, co
     got, out, err = run_cli(['pipeline', '--run-dir', run, '--notebooks', standins, *FAST])
     assert asked == ['Found existing checkpoints. Resume training? [y/N] ']
     assert got == code
-    if code == 0: assert calls['04_training']['resume'] is True and calls['04_training']['force_restart'] is False
+    if code == 0: assert calls['04_training']['options']['resume'] is True and calls['04_training']['options']['force_restart'] is False
     else: assert not calls and 'not resuming' in err and '--force-restart' in err
 
 
@@ -148,7 +148,7 @@ def test_resume_flags_need_no_terminal(recorded, standins, monkeypatch, flag):
     monkeypatch.setattr(builtins, 'input', lambda q: pytest.fail('asked without a terminal'))
     code, out, err = run_cli(['pipeline', '--run-dir', run, '--notebooks', standins, flag, *FAST])
     assert code == 0, err
-    assert calls['04_training'][flag.strip('-').replace('-', '_')] is True
+    assert calls['04_training']['options'][flag.strip('-').replace('-', '_')] is True
 
 
 def test_resume_refused_without_terminal(recorded, standins, monkeypatch):
