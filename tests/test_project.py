@@ -282,8 +282,7 @@ def test_pyflakes_finds_nothing_in_the_package():
 EXPORTED = re.compile(r'^#\|\s*export\b')
 # Notebooks whose exported cells another branch is rewriting; the rewrite follows the house style, so drop
 # the entry when it lands (an XPASS says it is time).
-BEING_REWRITTEN = {'03_model': 'the model internals are being rewritten for speed (issue 16)',
-                   '07_bench': 'the bench command is being rewritten onto one trainer (issue 15)'}
+BEING_REWRITTEN = {'03_model': 'the model internals are being rewritten for speed (issue 16)'}
 
 
 def _defined(tree) -> set[str]:
