@@ -4,26 +4,31 @@
 
 # %% ../nbs/07_bench.ipynb #55b632a7
 from __future__ import annotations
-import datetime as dt, json, math, os, platform, re, statistics, tempfile, time
+import contextlib, datetime as dt, io, json, math, os, platform, re, statistics
+import tempfile, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from fastcore.basics import patch
 
-from .core import MinillmError, ExitCode, atomic_write, add_command, parse_duration, ensure_writable_dir, sha256_file
+from .core import (MinillmError, ExitCode, atomic_write, add_command,
+                          parse_duration, ensure_writable_dir, sha256_file)
 from .corpus import build_corpus
-from .tokenizer import train_tokenizer, Tokenizer
-from .model import ModelConfig, MiniLLM, MODEL_PRESETS, count_params, flops_per_token
-from .checkpoint import save_model
-from .training import TrainConfig, make_optimizer, train_step, get_batch
+from .tokenizer import train_tokenizer, encode_shards, Tokenizer
+from .model import (ModelConfig, MiniLLM, MODEL_PRESETS, count_params,
+                           flops_per_token)
+from .checkpoint import load
+from .training import (TrainConfig, make_optimizer, train_step, get_batch, train,
+                              pick_device)
+from .generation import token_nll
 
 # %% auto #0
-__all__ = ['RECIPES', 'timed', 'rate', 'cpu_model', 'machine_info', 'matmul_peak', 'training_speed', 'mfu_text', 'greedy_tokens',
+__all__ = ['RECIPES', 'timed', 'rate', 'cpu_model', 'machine_info', 'matmul_peak', 'training_speed', 'mfu_text',
            'generation_speed', 'step_profile', 'speedups', 'text_corpus', 'tokenizer_speed', 'Recipe', 'recipe_for',
-           'lr_for_time', 'train_for_time', 'sum_nll', 'text_bits', 'bench_quality', 'read_pipeline_times',
-           'bench_speed', 'quality_texts', 'add_cli']
+           'text_bits', 'quality_shards', 'bench_quality', 'read_pipeline_times', 'bench_speed', 'quality_texts',
+           'add_cli']
 
 # %% ../nbs/07_bench.ipynb #d5153c92
 def timed(fn, repeats: int = 5, warmup: int = 1) -> dict:
@@ -98,25 +103,18 @@ def mfu_text(s: dict) -> str:
 # %% ../nbs/07_bench.ipynb #79bc865e
 from .generation import next_tokens
 
-def greedy_tokens(model: MiniLLM, n_new: int, use_cache: bool = True,
-                  compile: bool = False) -> torch.Tensor:
-    "Greedily generate `n_new` tokens (1, n_new) after a token 0 with chapter 5's loop."
-    ids = torch.zeros((1, 1), dtype=torch.long)
-    argmax = lambda logits, _: logits.argmax(-1)
-    steps = next_tokens(model, ids, argmax, n_new, use_cache, compile)
-    return torch.stack(list(steps), 1)
-
 def generation_speed(mc: ModelConfig, n_new: int = 512, repeats: int = 3,
                      compile: bool = False) -> dict:
     "Greedy tokens/s at batch 1 with the cache, without, compiled if asked; speed-ups."
     block = max(mc.block_size, n_new + 1)  # room for all: recomputing redoes each token
     mc = ModelConfig.from_dict({**mc.to_dict(), 'block_size': block})
     torch.manual_seed(0); model = MiniLLM(mc).eval()
+    start, argmax = torch.zeros((1, 1), dtype=torch.long), lambda x, _: x.argmax(-1)
     kinds = dict(cache=(True, False), no_cache=(False, False))
     if compile: kinds['compiled'] = (True, True)
     out = {}
     for k, (cache, comp) in kinds.items():
-        run = lambda: greedy_tokens(model, n_new, cache, comp)
+        run = lambda: list(next_tokens(model, start, argmax, n_new, cache, comp))
         first = timed(run, 1, warmup=0)['median']
         out[k] = rate(timed(run, repeats, warmup=0), n_new)
         if comp: out['compile_s'] = first - n_new / out[k]['median']  # the extra time
@@ -186,109 +184,100 @@ def tokenizer_speed(text: str, work_dir, vocab_size: int = 4096, repeats: int = 
 # %% ../nbs/07_bench.ipynb #b02387fb
 @dataclass
 class Recipe:
-    "Everything `bench quality` chooses: tokenizer, model shape and optimisation."
-    vocab_size: int = 1024       # tokenizer pieces: more characters per step, but a bigger embedding
+    "What `bench quality` chooses: the tokenizer's size and chapter 4's options."
+    vocab_size: int = 1024       # tokenizer pieces: more text a step, bigger embedding
     n_layer: int = 4             # transformer blocks
     n_head: int = 4              # attention heads
     n_embd: int = 128            # width
     block_size: int = 128        # context in tokens
     batch_size: int = 16         # sequences per step
     learning_rate: float = 3e-3  # peak, after warmup (2e-3 and 4e-3 both scored worse)
-    min_lr_ratio: float = 0.0    # the cosine ends at this fraction of the peak: anneal all the way
-    warmup_steps: int = 30       # linear warmup
+    warmup: int = 30             # linear warmup steps
+    schedule: str = 'cosine'     # the decay after warmup, planned to end in the budget
+    min_lr: float = 0.0          # where the schedule ends: anneal all the way
     weight_decay: float = 0.1    # AdamW decay on the matrices
     dropout: float = 0.0         # none: a few minutes never overfit
     dtype: str = 'float32'       # float32 or bfloat16 (autocast)
     compile: bool = False        # torch.compile the model
+    device: str = 'cpu'          # what the CPU buys; 'auto' takes a GPU if there is one
+    eval_batches: int = 10       # validation batches per evaluation (once an epoch)
 
-    def model_config(self, vocab_size: int) -> ModelConfig:
-        return ModelConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head,
-                           n_kv_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout)
+# %% ../nbs/07_bench.ipynb #51b0f209
+@patch
+def train_config(self: Recipe, data_dir, out_dir, max_time: str,
+                 **options) -> TrainConfig:
+    "Chapter 4's options for this recipe; `max_time` plans the schedule, not epochs."
+    fields = {k: v for k, v in asdict(self).items() if k != 'vocab_size'}
+    run = dict(data_dir=str(data_dir), out_dir=str(out_dir), max_time=max_time,
+               epochs=1000)
+    return TrainConfig(**{**run, **fields, **options})
 
-# budget in seconds -> recipe; see BENCHMARKS.md for the search. From 10 minutes on the model sees the
-# text some 15 times and overfits without dropout (2.196 bits/char against 2.111 with it).
+# budget in seconds -> recipe; see BENCHMARKS.md for the search. From 10 minutes on
+# the model sees the text some 15 times and overfits without dropout (2.196 bits/char
+# against 2.111 with it).
 RECIPES = {60: Recipe(), 300: Recipe(), 600: Recipe(dropout=0.1)}
 
 def recipe_for(budget_s: float) -> Recipe:
-    "The recipe tuned for the largest budget not above `budget_s` (the smallest one below all of them)."
+    "The recipe tuned for the largest budget not above `budget_s` (else the smallest)."
     fits = [b for b in RECIPES if b <= budget_s]
     return RECIPES[max(fits) if fits else min(RECIPES)]
-
-# %% ../nbs/07_bench.ipynb #9094be48
-def lr_for_time(frac: float, step: int, r: Recipe) -> float:
-    "Learning rate when a fraction `frac` of the training time is spent: warmup by steps, cosine by time."
-    if step < r.warmup_steps: return r.learning_rate * (step + 1) / r.warmup_steps
-    low = r.learning_rate * r.min_lr_ratio
-    return low + 0.5 * (1 + math.cos(math.pi * min(1.0, frac))) * (r.learning_rate - low)
-
-# %% ../nbs/07_bench.ipynb #80dae99a
-def train_for_time(ids: np.ndarray, vocab_size: int, r: Recipe, seconds: float, seed: int = 1337, log=None,
-                   max_steps: int = 0) -> tuple[MiniLLM, dict]:
-    "Train a fresh model on token ids `ids` for `seconds` of wall time (or `max_steps` steps) with recipe `r`."
-    torch.manual_seed(seed); rng, cpu = np.random.default_rng(seed), torch.device('cpu')
-    mc = r.model_config(vocab_size); model = MiniLLM(mc)
-    cfg = TrainConfig(batch_size=r.batch_size, learning_rate=r.learning_rate, weight_decay=r.weight_decay, clip=1.0)
-    opt, net = make_optimizer(model, cfg, cpu), (torch.compile(model) if r.compile else model)
-    net.train(); step, curve, t0 = 0, [], time.perf_counter()
-    while (elapsed := time.perf_counter() - t0) < seconds and not (max_steps and step >= max_steps):
-        frac = step / max_steps if max_steps else elapsed / seconds  # a step budget schedules by steps
-        x, y = get_batch(ids, rng.integers(0, len(ids) - mc.block_size - 1, r.batch_size), mc.block_size)
-        loss = train_step(net, opt, [(x, y)], lr_for_time(frac, step, r), cfg, cpu, r.dtype)
-        step += 1
-        if step % 50 == 0 or step == 1:
-            curve.append(dict(step=step, seconds=round(elapsed, 2), train_loss=round(loss.item(), 4)))
-            if log: log(f'step {step}  {elapsed:6.1f}s  loss {loss.item():.3f}')
-    elapsed = time.perf_counter() - t0
-    return model.eval(), dict(steps=step, tokens=step * r.batch_size * mc.block_size, seconds=round(elapsed, 2),
-                              tokens_per_s=round(step * r.batch_size * mc.block_size / elapsed), params=count_params(mc),
-                              curve=curve)
-
-# %% ../nbs/07_bench.ipynb #55a3919e
-@torch.no_grad()
-def sum_nll(model: MiniLLM, ids: np.ndarray, first: int, stride: int | None = None, batch_size: int = 16) -> float:
-    "Total next-token loss (nats) of every id in `ids`, predicted after `first` with sliding full-context windows."
-    T = model.config.block_size; stride = stride or max(1, T // 2)
-    seq = torch.from_numpy(np.concatenate([[first], ids]).astype(np.int64)); n = len(seq) - 1  # targets seq[1:]
-    starts = list(range(0, max(1, n - T + 1), stride))
-    if starts[-1] + T < n: starts.append(n - T)           # a last full window reaching the end
-    total, done = 0.0, 0                                  # done: targets scored so far
-    for i in range(0, len(starts), batch_size):
-        chunk = starts[i:i + batch_size]; L = min(T, n)
-        x = torch.stack([seq[s:s + L] for s in chunk]); y = torch.stack([seq[s + 1:s + L + 1] for s in chunk])
-        nll = F.cross_entropy(model(x)[0].float().transpose(1, 2), y, reduction='none')  # (B, L)
-        for row, s in zip(nll, chunk):
-            total += row[max(0, done - s):].sum().item(); done = s + L
-    return total
 
 # %% ../nbs/07_bench.ipynb #105f445f
 def text_bits(model: MiniLLM, tok, text: str, stride: int | None = None) -> dict:
     "Bits per character and per byte of `text` under `model`, every character scored."
     ids = tok.encode_array(text)
     if tok.decode(ids.tolist()) != text:
-        raise MinillmError('scoring: the tokenizer does not round-trip the validation text; retrain it with byte fallback', ExitCode.VALIDATION)
-    nats = sum_nll(model, ids, tok.eos_id, stride)
+        raise MinillmError('scoring: the tokenizer does not round-trip the validation '
+                           'text; retrain it with byte fallback', ExitCode.VALIDATION)
+    nll = token_nll(model, np.concatenate([[tok.eos_id], ids]), stride)  # each id once
+    nats = float(nll.sum(dtype=np.float64))
     n_chars, n_bytes = len(text), len(text.encode('utf-8'))
-    return dict(nats=nats, tokens=len(ids), chars=n_chars, bytes=n_bytes, bits_per_char=nats / math.log(2) / n_chars,
-                bits_per_byte=nats / math.log(2) / n_bytes, nats_per_char=nats / n_chars)
+    return dict(nats=nats, tokens=len(ids), chars=n_chars, bytes=n_bytes,
+                bits_per_char=nats / math.log(2) / n_chars,
+                bits_per_byte=nats / math.log(2) / n_bytes,
+                nats_per_char=nats / n_chars)
+
+# %% ../nbs/07_bench.ipynb #62dcc500
+def quality_shards(train_text: str, val_text: str, out_dir, r: Recipe) -> dict:
+    "Token shards of both texts in `out_dir/data`, tokenizer trained on `train_text`."
+    out = Path(out_dir)
+    corpus = text_corpus(train_text, val_text, out / 'corpus')
+    tok_path = train_tokenizer(corpus, out / 'tokenizer', r.vocab_size)
+    meta = encode_shards(corpus, tok_path, out / 'data', progress=False)
+    for split in ('train', 'val'):  # each must fill a context and its next token
+        if (n := meta[f'{split}_tokens']) <= r.block_size + 1:
+            raise MinillmError(f'bench quality: the {split} text has only {n} tokens, '
+                               f'fewer than a context of {r.block_size}; use a longer '
+                               f'text', ExitCode.USAGE)
+    return meta
 
 # %% ../nbs/07_bench.ipynb #92baa52e
-def bench_quality(train_text: str, val_text: str, budget_s: float, out_dir, recipe: Recipe | None = None,
-                  seed: int = 1337, log=None) -> dict:
-    "Train `recipe` (else the tuned one for the budget) on `train_text` within `budget_s` seconds; score `val_text`."
+def bench_quality(train_text: str, val_text: str, budget_s: float, out_dir,
+                  recipe: Recipe | None = None, seed: int = 1337,
+                  progress: bool = True) -> dict:
+    "Train `recipe` on `train_text` in `budget_s` s with `train`; score `val_text`."
     r, out = recipe or recipe_for(budget_s), ensure_writable_dir(out_dir)
     t0 = time.perf_counter()
-    tok_path = train_tokenizer(text_corpus(train_text, '', out / 'corpus'), out / 'checkpoint', r.vocab_size)
-    tok = Tokenizer.load(tok_path); ids = tok.encode_array(train_text)
+    meta = quality_shards(train_text, val_text, out, r)
     tok_s = time.perf_counter() - t0
-    if len(ids) <= r.block_size + 1:
-        raise MinillmError(f'bench quality: the training text has only {len(ids)} tokens, fewer than a context of '
-                           f'{r.block_size}; use a longer text', ExitCode.USAGE)
-    model, run = train_for_time(ids, tok.vocab_size, r, budget_s - tok_s, seed, log)
-    save_model(model, out / 'checkpoint')
-    t1 = time.perf_counter(); score = text_bits(model, tok, val_text)
-    return dict(score, budget_s=budget_s, tokenizer_s=round(tok_s, 2), training=run, wall_s=round(t1 - t0, 2),
-                eval_s=round(time.perf_counter() - t1, 2), recipe=asdict(r), checkpoint=str(out / 'checkpoint'),
-                chars_per_token=len(train_text) / len(ids), machine=machine_info())
+    if (left := budget_s - tok_s) < 1:
+        raise MinillmError(f'bench quality: the tokenizer took {tok_s:.1f} s of the '
+                           f'{budget_s:g} s budget, leaving no time to train; give a '
+                           f'longer --budget', ExitCode.USAGE)
+    cfg = r.train_config(out / 'data', out / 'train', f'{left:.2f}s', seed=seed,
+                         progress=progress, force_restart=True)
+    logs = io.StringIO()  # --quiet: train's log lines too
+    with contextlib.nullcontext() if progress else contextlib.redirect_stderr(logs):
+        run = train(cfg)                           # the one trainer
+    t1, ck = time.perf_counter(), out / 'train' / 'checkpoints' / 'last'
+    model, tok = load(ck, pick_device(r.device))   # the end of the annealed schedule
+    score = text_bits(model, tok, val_text)
+    times = dict(seconds=run['elapsed_s'], wall_s=round(t1 - t0 - tok_s, 2))
+    return dict(score, budget_s=budget_s, tokenizer_s=round(tok_s, 2),
+                training={**run, **times}, wall_s=round(t1 - t0, 2),
+                eval_s=round(time.perf_counter() - t1, 2), recipe=asdict(r),
+                checkpoint=str(ck), machine=machine_info(),
+                chars_per_token=len(train_text) / (meta['train_tokens'] - 1))
 
 # %% ../nbs/07_bench.ipynb #a15027a9
 def read_pipeline_times(run_dir) -> dict | None:
@@ -354,70 +343,136 @@ def quality_texts(args) -> tuple[str, str]:
     return _read_text(args.train_text, '--train-text'), _read_text(args.val_text, '--val-text')
 
 # %% ../nbs/07_bench.ipynb #55704c54
+def _recipe_from(budget: float, overrides: str) -> Recipe:
+    "The recipe tuned for `budget` with the JSON object `overrides` (`--recipe`)."
+    tuned = asdict(recipe_for(budget))
+    try: return Recipe(**{**tuned, **json.loads(overrides or '{}')})
+    except (ValueError, TypeError) as e:
+        raise MinillmError(f'bench quality: bad --recipe {overrides!r} ({e}); give a '
+                           f'JSON object of Recipe fields, for example '
+                           f'\'{{"vocab_size": 512}}\'') from None
+
 def _run_quality(args) -> int:
     train_text, val_text = quality_texts(args)
-    if args.threads < 0: raise MinillmError(f'bench quality: --threads must be positive, not {args.threads}')
+    if args.threads < 0:
+        raise MinillmError(f'bench quality: --threads must be positive, '
+                           f'not {args.threads}')
     if args.threads: torch.set_num_threads(args.threads)
     budget = parse_duration(args.budget)
-    if budget <= 0: raise MinillmError(f'bench quality: --budget must be positive, not {args.budget!r}')
-    r = recipe_for(budget)
-    if args.recipe:
-        try: r = Recipe(**{**asdict(r), **json.loads(args.recipe)})
-        except (ValueError, TypeError) as e:
-            raise MinillmError(f'bench quality: bad --recipe {args.recipe!r} ({e}); give a JSON object of Recipe fields, '
-                               f'for example \'{{"vocab_size": 512}}\'') from None
-    out = args.out or str(Path(tempfile.mkdtemp(prefix='minillm-bench-')))
-    res = bench_quality(train_text, val_text, budget, out, r, args.seed, log=None if args.quiet else lambda m: print(m, flush=True))
+    if budget <= 0:
+        raise MinillmError(f'bench quality: --budget must be positive, '
+                           f'not {args.budget!r}')
+    r = _recipe_from(budget, args.recipe)
+    out = args.out or tempfile.mkdtemp(prefix='minillm-bench-')
+    res = bench_quality(train_text, val_text, budget, out, r, args.seed,
+                        progress=not args.quiet)
     _write_json(args.json, res)
-    print(f'{res["bits_per_char"]:.4f} bits/char, {res["bits_per_byte"]:.4f} bits/byte over {res["chars"]:,} characters '
-          f'({res["training"]["steps"]} steps in {res["budget_s"]:.0f} s); checkpoint {res["checkpoint"]}')
+    print(f'{res["bits_per_char"]:.4f} bits/char, {res["bits_per_byte"]:.4f} bits/byte '
+          f'over {res["chars"]:,} characters ({res["training"]["steps"]} steps in '
+          f'{res["budget_s"]:.0f} s); checkpoint {res["checkpoint"]}')
     return 0
 
+# %% ../nbs/07_bench.ipynb #baab620a
+_SPEED_POSITIVE = ('n_layer', 'n_head', 'n_embd', 'block_size', 'batch_size', 'repeats',
+                   'vocab_size', 'matmul_n', 'n_new', 'tokenizer_vocab')
+
 def _run_speed(args) -> int:
-    if args.threads < 0: raise MinillmError(f'bench speed: --threads must be positive, not {args.threads}')
-    for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'batch_size', 'repeats', 'vocab_size', 'matmul_n', 'n_new', 'tokenizer_vocab'):
-        if getattr(args, k) <= 0: raise MinillmError(f'bench speed: --{k.replace("_", "-")} must be positive, not {getattr(args, k)}')
-    try: shape = ModelConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
-                             n_head=args.n_head, n_kv_head=args.n_head, n_embd=args.n_embd)
+    if args.threads < 0:
+        raise MinillmError(f'bench speed: --threads must be positive, '
+                           f'not {args.threads}')
+    for k in _SPEED_POSITIVE:
+        if (v := getattr(args, k)) <= 0:
+            flag = '--' + k.replace('_', '-')
+            raise MinillmError(f'bench speed: {flag} must be positive, not {v}')
+    try: shape = ModelConfig(vocab_size=args.vocab_size, block_size=args.block_size,
+                             n_layer=args.n_layer, n_head=args.n_head,
+                             n_kv_head=args.n_head, n_embd=args.n_embd)
     except ValueError as e: raise MinillmError(f'bench speed: bad shape: {e}') from None
     text = _read_text(args.text, '--text') if args.text else None
     if args.threads: torch.set_num_threads(args.threads)
-    if args.preset not in MODEL_PRESETS: raise MinillmError(f'bench speed: unknown --preset {args.preset!r}; choose one of {", ".join(MODEL_PRESETS)}')
+    if args.preset not in MODEL_PRESETS:
+        raise MinillmError(f'bench speed: unknown --preset {args.preset!r}; '
+                           f'choose one of {", ".join(MODEL_PRESETS)}')
     default = ModelConfig(vocab_size=4096, **MODEL_PRESETS[args.preset])
-    res = bench_speed(shape, args.batch_size, args.repeats, args.matmul_n, n_new=args.n_new, text=text, run_dir=args.run_dir,
-                      default=default, compile=args.compile, tokenizer_vocab=args.tokenizer_vocab)
+    res = bench_speed(shape, args.batch_size, args.repeats, args.matmul_n,
+                      n_new=args.n_new, text=text, run_dir=args.run_dir,
+                      default=default, compile=args.compile,
+                      tokenizer_vocab=args.tokenizer_vocab)
     _write_json(args.json, res)
     return 0
 
 # %% ../nbs/07_bench.ipynb #798d78af
+def _quality_options(q) -> None:
+    "The options of `minillm bench quality`."
+    q.add_argument('--train-text', help='UTF-8 text to train on')
+    q.add_argument('--val-text', help='UTF-8 text to score')
+    q.add_argument('--text', help='one text file to split instead '
+                   '(nanoGPT: first 90%% train, the rest validation)')
+    q.add_argument('--split', type=float, default=0.9,
+                   help='training fraction of --text (default 0.9)')
+    q.add_argument('--budget', default='5m',
+                   help='wall-clock budget for tokenizer plus training, e.g. 90s or 5m')
+    q.add_argument('--recipe', default='',
+                   help='JSON overrides of Recipe fields (vocab_size, n_layer, '
+                   'learning_rate, dropout, ...), e.g. \'{"vocab_size": 512}\'')
+    q.add_argument('--out', default='',
+                   help='where the run goes (default: a new temporary directory)')
+    q.add_argument('--json', default='', help='write the results to this JSON file')
+    q.add_argument('--threads', type=int, default=0,
+                   help='torch threads (default: torch\'s choice, one per core)')
+    q.add_argument('--seed', type=int, default=1337)
+    q.add_argument('--quiet', action='store_true',
+                   help='no progress bar or training log')
+
+# %% ../nbs/07_bench.ipynb #2950f40e
+def _speed_options(s) -> None:
+    "The options of `minillm bench speed`."
+    shape = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12,
+                 vocab_size=65)
+    for k, v in shape.items():
+        s.add_argument('--' + k.replace('_', '-'), type=int, default=v,
+                       help=f'the given training shape (default {v}, '
+                       f'nanoGPT\'s CPU example)')
+    s.add_argument('--repeats', type=int, default=5,
+                   help='timed runs per figure, after one warm-up (default 5)')
+    s.add_argument('--matmul-n', type=int, default=2048,
+                   help='matrix size for the peak (default 2048)')
+    s.add_argument('--n-new', type=int, default=512,
+                   help='tokens generated per timing (default 512)')
+    s.add_argument('--text', default='',
+                   help='text for the tokenizer timings (default: the bundled corpus)')
+    s.add_argument('--tokenizer-vocab', type=int, default=4096,
+                   help='vocabulary size of the timed tokenizer (default 4096)')
+    s.add_argument('--run-dir', default='',
+                   help='a finished `minillm pipeline` run whose phase times to report')
+    s.add_argument('--preset', default='default',
+                   help='the model preset timed as "the default model" '
+                   '(default: default)')
+    s.add_argument('--compile', action='store_true',
+                   help='also time torch.compile (needs a C++ compiler; '
+                   'about a minute)')
+    s.add_argument('--threads', type=int, default=0,
+                   help='torch threads (default: torch\'s choice, one per core)')
+    s.add_argument('--json', default='', help='write the results to this JSON file')
+
+# %% ../nbs/07_bench.ipynb #0c0825a4
 def add_cli(subparsers) -> None:
     "Register `minillm bench quality` and `minillm bench speed`."
-    p = add_command(subparsers, 'bench', None, 'measure model quality in a time budget, or the speed of every stage',
-                    ['minillm bench quality --text ../shared/data/tinyshakespeare.txt --split 0.9 --budget 5m --json q.json',
+    p = add_command(subparsers, 'bench', None,
+                    'measure model quality in a time budget, '
+                    'or the speed of every stage',
+                    ['minillm bench quality --text ../shared/data/tinyshakespeare.txt '
+                     '--split 0.9 --budget 5m --json q.json',
                      'minillm bench speed --json speed.json'])
     sub = p.add_subparsers(dest='bench_command', metavar='WHAT', required=True)
-    q = add_command(sub, 'quality', _run_quality, 'train the best recipe within a budget, then score bits per character',
-                    ['minillm bench quality --train-text train.txt --val-text val.txt --budget 5m --json q.json'])
-    q.add_argument('--train-text', help='UTF-8 text to train on'); q.add_argument('--val-text', help='UTF-8 text to score')
-    q.add_argument('--text', help='one text file to split instead (nanoGPT: first 90%% train, the rest validation)')
-    q.add_argument('--split', type=float, default=0.9, help='training fraction of --text (default 0.9)')
-    q.add_argument('--budget', default='5m', help='wall-clock budget for tokenizer plus training, e.g. 90s or 5m')
-    q.add_argument('--recipe', default='', help='JSON overrides of the recipe, e.g. \'{"vocab_size": 512}\'')
-    q.add_argument('--out', default='', help='where the checkpoint goes (default: a new temporary directory)')
-    q.add_argument('--json', default='', help='write the results to this JSON file')
-    q.add_argument('--threads', type=int, default=0, help='torch threads (default: torch\'s choice, one per core)')
-    q.add_argument('--seed', type=int, default=1337); q.add_argument('--quiet', action='store_true', help='no progress lines')
-    s = add_command(sub, 'speed', _run_speed, 'matmul peak, training and generation tokens/s, MFU, tokenizer speed',
-                    ['minillm bench speed --n-layer 4 --n-head 4 --n-embd 128 --block-size 64 --batch-size 12 --json s.json'])
-    for k, v in dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, vocab_size=65).items():
-        s.add_argument('--' + k.replace('_', '-'), type=int, default=v, help=f'the given training shape (default {v}, nanoGPT\'s CPU example)')
-    s.add_argument('--repeats', type=int, default=5, help='timed runs per figure, after one warm-up (default 5)')
-    s.add_argument('--matmul-n', type=int, default=2048, help='matrix size for the peak (default 2048)')
-    s.add_argument('--n-new', type=int, default=512, help='tokens generated per timing (default 512)')
-    s.add_argument('--text', default='', help='text for the tokenizer timings (default: the bundled corpus)')
-    s.add_argument('--tokenizer-vocab', type=int, default=4096, help='vocabulary size of the timed tokenizer (default 4096)')
-    s.add_argument('--run-dir', default='', help='a finished `minillm pipeline` run whose phase times to report')
-    s.add_argument('--preset', default='default', help='the model preset timed as "the default model" (default: default)')
-    s.add_argument('--compile', action='store_true', help='also time torch.compile (needs a C++ compiler; about a minute)')
-    s.add_argument('--threads', type=int, default=0, help='torch threads (default: torch\'s choice, one per core)')
-    s.add_argument('--json', default='', help='write the results to this JSON file')
+    _quality_options(add_command(
+        sub, 'quality', _run_quality,
+        'train the best recipe with minillm train in a budget, '
+        'then score bits per character',
+        ['minillm bench quality --train-text train.txt --val-text val.txt --budget 5m '
+         '--json q.json']))
+    _speed_options(add_command(
+        sub, 'speed', _run_speed,
+        'matmul peak, training and generation tokens/s, MFU, tokenizer speed',
+        ['minillm bench speed --n-layer 4 --n-head 4 --n-embd 128 --block-size 64 '
+         '--batch-size 12 --json s.json']))

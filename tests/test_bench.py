@@ -30,12 +30,11 @@ def quality(tmp_path_factory):
 def untrained_bits(q: dict, val: str) -> float:
     "Bits per character of `val` under an untrained model of the shape and tokenizer of quality run `q` (7.58 here)."
     import torch
-    from minillm.checkpoint import load_model
+    from minillm.checkpoint import load
     from minillm.model import MiniLLM
-    from minillm.tokenizer import Tokenizer
-    ck = Path(q['checkpoint'])
+    model, tok = load(q['checkpoint'])
     torch.manual_seed(0)
-    return bench.text_bits(MiniLLM(load_model(ck).config).eval(), Tokenizer.load(ck), val)['bits_per_char']
+    return bench.text_bits(MiniLLM(model.config).eval(), tok, val)['bits_per_char']
 
 
 def test_quality_json(quality):
@@ -48,31 +47,60 @@ def test_quality_json(quality):
     assert q['bits_per_char'] < 0.8 * untrained_bits(q, val)  # it learned: an untrained model of its shape fails this
     assert q['training']['steps'] > 0 and q['tokenizer_s'] > 0
     assert q['tokenizer_s'] + q['training']['seconds'] <= q['budget_s'] + 2  # the tokenizer counts in the budget
+    assert q['training']['wall_s'] >= q['training']['seconds']  # with setup
     assert q['recipe']['vocab_size'] == 300 and set(q['machine']) >= {'cpu', 'cores', 'torch', 'torch_threads', 'date'}
 
 
+def test_quality_trains_with_train(quality):
+    "The run is chapter 4's `train`: its summary, metrics, a schedule ending annealed."
+    d, q = quality
+    t = q['training']
+    run = Path(q['checkpoint']).parents[1]        # OUT/train, above checkpoints/last
+    assert run == d / 'run' / 'train'
+    summary = json.loads((run / 'summary.json').read_text())
+    assert {k: t[k] for k in summary} == summary  # train's summary, times added
+    assert t['status'] == 'complete' and t['steps'] == t['total_steps']
+    lines = (run / 'metrics.jsonl').read_text().splitlines()
+    metrics = [json.loads(line) for line in lines]
+    peak = q['recipe']['learning_rate']
+    assert metrics[-1]['step'] == t['steps']
+    assert metrics[-1]['lr'] < 0.01 * peak                  # annealed at the end
+    assert max(m['lr'] for m in metrics) > 0.3 * peak       # after a real peak
+    options = json.loads((Path(q['checkpoint']) / 'train_config.json').read_text())
+    assert options['n_embd'] == 32 and options['batch_size'] == 4
+    left = q['budget_s'] - q['tokenizer_s']      # the budget, less the tokenizer's time
+    assert float(options['max_time'].removesuffix('s')) == pytest.approx(left, abs=0.02)
+
+
 def test_quality_checkpoint_reloads(quality):
-    "The checkpoint directory holds a model and tokenizer that reproduce the score."
-    from minillm.checkpoint import load_model
-    from minillm.tokenizer import Tokenizer
+    "The checkpoint holds a model and tokenizer that `load` reads; they give the score."
+    from minillm.checkpoint import load
     d, q = quality
     ck = Path(q['checkpoint'])
     assert {'model.safetensors', 'config.json', 'tokenizer.model'} <= {p.name for p in ck.iterdir()}
     text = (d / 'all.txt').read_text(encoding='utf-8'); val = text[int(len(text) * 0.9):]
-    again = bench.text_bits(load_model(ck), Tokenizer.load(ck), val)
+    again = bench.text_bits(*load(ck), val)
     assert math.isclose(again['bits_per_char'], q['bits_per_char'], rel_tol=1e-5)
 
 
-def test_sum_nll_counts_every_token():
-    "Sliding windows score each token exactly once: a model with uniform logits gives n * ln(V)."
-    import numpy as np, torch
+def test_text_bits_counts_every_token(quality):
+    "Chapter 5's windows score each token once: uniform logits give n * ln(V) nats."
+    import torch
+    from minillm.checkpoint import load
     from minillm.model import ModelConfig, MiniLLM
-    m = MiniLLM(ModelConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_kv_head=2, n_embd=16)).eval()
+    _, tok = load(quality[1]['checkpoint'])
+    V = tok.vocab_size
+    m = MiniLLM(ModelConfig(vocab_size=V, block_size=8, n_layer=1, n_head=2,
+                            n_kv_head=2, n_embd=16)).eval()
     with torch.no_grad():
-        for p in m.parameters(): p.zero_()   # zero weights: every logit is 0, each token costs ln(50)
-    for n in (1, 5, 8, 9, 23, 40):
-        ids = np.arange(n) % 50
-        assert math.isclose(bench.sum_nll(m, ids, 0), n * math.log(50), rel_tol=1e-5), n
+        for p in m.parameters(): p.zero_()   # every logit 0: each token costs ln(V)
+    texts = ('S', 'Speak.', 'All:\nSpeak, speak.\n', TEXT[:200], TEXT[:1000] + '☃ “q”')
+    for text in texts:
+        b = bench.text_bits(m, tok, text)
+        assert b['tokens'] == len(tok.encode_array(text)) and b['chars'] == len(text)
+        assert math.isclose(b['nats'], b['tokens'] * math.log(V), rel_tol=1e-5), text
+        bpc = b['tokens'] * math.log2(V) / len(text)
+        assert math.isclose(b['bits_per_char'], bpc, rel_tol=1e-5)
 
 
 def test_speed_json(tmp_path, monkeypatch):
@@ -112,6 +140,9 @@ def test_speed_cli_writes_json(tmp_path):
     (['quality', '--text', '{f}', '--split', '1.5'], '--split'),
     (['quality', '--text', '{f}', '--budget', 'soon'], 'bad duration'),
     (['quality', '--text', '{f}', '--budget', '0s'], 'positive'),
+    (['quality', '--text', '{f}', '--recipe', '{{"vocab": 512}}'], 'bad --recipe'),
+    (['quality', '--text', '{f}', '--budget', '0.05s', '--recipe',
+      '{{"vocab_size": 300}}', '--out', '{d}'], 'leaving no time to train'),
     (['speed', '--n-embd', '130', '--n-head', '4'], 'bad shape'),
     (['speed', '--repeats', '0'], '--repeats'),
     (['speed', '--preset', 'huge'], 'unknown --preset'),

@@ -280,9 +280,6 @@ def test_pyflakes_finds_nothing_in_the_package():
 # ---------------------------------------------------------------- house style (STYLE.md)
 
 EXPORTED = re.compile(r'^#\|\s*export\b')
-# Notebooks whose exported cells another branch is rewriting; the rewrite follows the house style, so drop
-# the entry when it lands (an XPASS says it is time).
-BEING_REWRITTEN = {'07_bench': 'the bench command is being rewritten onto one trainer (issue 15)'}
 
 
 def _defined(tree) -> set[str]:
@@ -327,8 +324,7 @@ def style_problems(name: str) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.xfail(reason=BEING_REWRITTEN[n], strict=False))
-                                  if n in BEING_REWRITTEN else n for n in sorted(p.stem for p in NBS.glob('[0-9]*.ipynb'))])
+@pytest.mark.parametrize('name', sorted(p.stem for p in NBS.glob('[0-9]*.ipynb')))
 def test_house_style(name):
     "Exported cells stay small (30 lines at most) and each is followed by a cell that shows or tests what it defines."
     assert style_problems(name) == []
