@@ -308,7 +308,7 @@ class ValidateConfig(CheckpointOptions):
     data_dir: str | None = None        # token shards (default: the checkpoint's train_config.json data_dir)
     corpus_dir: str | None = None      # cleaned corpus for the word list (default: the shards' meta.json corpus_dir)
     report_path: str | None = None     # write the JSON report here
-    max_bpb_ratio: float = 0.95        # bits per byte on the validation text must be <= this x the best counting baseline
+    max_bpb_ratio: float = 0.98        # bits per byte on the validation text must be <= this x the best counting baseline
     min_word_fraction: float = 0.8     # generated words found in the corpus, at least
     min_distinct_bigrams: float = 0.5  # distinct word bigrams / all in the samples, at least this x the same ratio of validation text in chunks of the same word counts
     n_samples: int = 6                 # texts to sample

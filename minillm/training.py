@@ -37,8 +37,8 @@ class TrainConfig:
     out_dir: str = ''             # output directory: checkpoints/, metrics.jsonl, summary.json, loss.png
     epochs: int = 20              # passes over the training tokens
     steps: int = 0                # the schedule's length in optimizer steps; 0: every epoch, or what --max-time fits
-    batch_size: int = 32          # sequences per optimizer step (over all processes and accumulation steps)
-    learning_rate: float = 3e-4   # peak learning rate after warmup
+    batch_size: int = 8           # sequences per optimizer step (over all processes and accumulation steps)
+    learning_rate: float = 3e-3   # peak learning rate after warmup
     block_size: int | None = None # context length (default: the preset's)
     model: str = 'default'        # model shape: a preset of chapter 3's MODEL_PRESETS
     n_layer: int | None = None    # transformer blocks (default: the preset's)
@@ -50,12 +50,12 @@ class TrainConfig:
     dtype: str = 'auto'           # auto (measured), float32 or bfloat16
     compile: bool = False         # torch.compile the model
     grad_accum: int = 1           # micro-batches per optimizer step (batch_size must divide by it)
-    warmup: int = 100             # linear warmup steps
+    warmup: int = 30              # linear warmup steps
     schedule: str = 'cosine'      # the decay after warmup: cosine, linear, or wsd (flat, then linear over the last 20%)
     min_lr: float = 0.0           # learning rate at the schedule's last step (0: anneal all the way)
     weight_decay: float = 0.1     # AdamW decay on the matrices (never on norms and embeddings)
     clip: float = 1.0             # gradient-norm clipping; 0 turns it off
-    eval_every: int = 0           # optimizer steps between evaluations; 0: once per epoch
+    eval_every: int = 250         # optimizer steps between evaluations; 0: once per epoch
     eval_batches: int = 20        # validation batches per evaluation
     checkpoint_every: int = 5     # epochs between checkpoints (also saved at the end and on interruption)
     max_time: str = ''            # the run's whole training time, across resumes, e.g. 5m or 1h30m: the schedule is planned to end in it; '' for none
