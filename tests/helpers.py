@@ -58,6 +58,24 @@ def english(seed: int, n_words: int = 12_000) -> str:
     return '\n\n'.join(paras) + '\n'
 
 
+SENTENCES = ['the cat sat on the mat and looked at the dog.', 'the dog ran to the door and barked at the cat.',
+             'a little bird sang in the green tree by the river.', 'the old man walked home slowly in the rain.',
+             'she opened the window and the cold wind came in.', 'he said that the sun was warm and the sky was blue.']
+
+
+def sentence_cycle(n: int = 600, seed: int = 0) -> list[str]:
+    """Two documents of simple English, `n // 4` lines of 4 sentences each.
+
+    The sentences come in a fixed cycle, each line starting at a random place in it. So the next sentence
+    follows from the one before, which a transformer sees and a trigram table does not (two tokens back it
+    sees the same full stop after several sentences): a trained model beats the counting baselines, as
+    validation requires, while a briefly trained one does not."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    def line(start): return ' '.join(SENTENCES[(start + j) % len(SENTENCES)].capitalize() for j in range(4))
+    return ['\n'.join(line(int(rng.integers(len(SENTENCES)))) for _ in range(n // 4)) for _ in range(2)]
+
+
 def write_corpus(d: Path, docs: list[str]) -> Path:
     "A corpus in chapter 1's layout (corpus.txt + manifest.json) of `docs`, each split 90/10 at a line end."
     d.mkdir(parents=True, exist_ok=True)

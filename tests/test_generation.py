@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import write_corpus
+from helpers import SENTENCES, sentence_cycle, write_corpus
 from minillm.core import ExitCode, MinillmError
 from minillm.testing import run_cli
 from minillm.model import MiniLLM, ModelConfig
@@ -16,22 +16,9 @@ from minillm.checkpoint import load
 from minillm.generation import (ValidateConfig, generate, stream, filter_logits, pick_next, next_tokens, token_nll, validate,
                                 evaluate, StreamDecoder, check_report)
 
-SENTENCES = ['the cat sat on the mat and looked at the dog.', 'the dog ran to the door and barked at the cat.',
-             'a little bird sang in the green tree by the river.', 'the old man walked home slowly in the rain.',
-             'she opened the window and the cold wind came in.', 'he said that the sun was warm and the sky was blue.']
-
-
 def make_corpus(d: Path, n: int = 600, seed: int = 0) -> Path:
-    """A corpus in chapter 1's layout of simple English: two documents of `n // 4` lines of 4 sentences.
-
-    The sentences come in a fixed cycle, each line starting at a random place in it. So the next sentence
-    follows from the one before, which a transformer sees and a trigram table does not (two tokens back it
-    sees the same full stop after several sentences): a trained model beats the counting baselines, as
-    validation requires, while a briefly trained one does not."""
-    rng = np.random.default_rng(seed)
-    def line(start): return ' '.join(SENTENCES[(start + j) % len(SENTENCES)].capitalize() for j in range(4))
-    docs = ['\n'.join(line(int(rng.integers(len(SENTENCES)))) for _ in range(n // 4)) for _ in range(2)]
-    return write_corpus(d, docs)
+    "A corpus in chapter 1's layout of `sentence_cycle` text: a transformer beats counting on it, a trigram cannot."
+    return write_corpus(d, sentence_cycle(n, seed))
 
 
 @pytest.fixture(scope='module')
