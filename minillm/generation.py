@@ -308,7 +308,7 @@ class ValidateConfig(CheckpointOptions):
     data_dir: str | None = None        # token shards (default: the checkpoint's train_config.json data_dir)
     corpus_dir: str | None = None      # cleaned corpus for the word list (default: the shards' meta.json corpus_dir)
     report_path: str | None = None     # write the JSON report here
-    max_bpb_ratio: float = 0.98        # bits per byte on the validation text must be <= this x the best counting baseline
+    max_bpb_ratio: float = 0.97        # bits per byte on the validation text must be <= this x the best counting baseline
     min_word_fraction: float = 0.8     # generated words found in the corpus, at least
     min_distinct_bigrams: float = 0.5  # distinct word bigrams / all in the samples, at least this x the same ratio of validation text in chunks of the same word counts
     n_samples: int = 6                 # texts to sample
@@ -394,7 +394,9 @@ def validate(checkpoint_dir, **options) -> dict:
                   thresholds_changed=changed_thresholds(cfg),
                   samples=[dict(prompt=p, seed=cfg.seed + i, text=s) for i, (p, s) in enumerate(zip(prompts, samples))])
     run = Path(cfg.checkpoint_dir) if snapshots(cfg.checkpoint_dir) else ck.parent.parent  # a run, or its checkpoint
-    report['progress'] = progress_samples(run, prompts[:3], cfg, resolve_device(cfg.device))
+    step = json.loads((ck / 'state.json').read_text())['global_step'] if (ck / 'state.json').exists() else None
+    report['progress'] = progress_samples(run, prompts[:3], cfg, resolve_device(cfg.device)) + (
+        [dict(step=step, samples=report['samples'][:3])] if step else [])   # the end: the validated weights
     if cfg.report_path: _write_json(report, cfg.report_path)
     return report
 

@@ -303,7 +303,7 @@ def progress_table(validation: dict) -> str:
              '|---' * (len(rows) + 1) + '|']
     for i, s in enumerate(rows[0]['samples']):
         lines.append(f'| {cell(s["prompt"] or "(a new document)")} (seed {s["seed"]}) | '
-                     + ' | '.join(cell(r['samples'][i]['text']) for r in rows) + ' |')
+                     + ' | '.join(cell(s['prompt'] + r['samples'][i]['text']) for r in rows) + ' |')
     return '\n'.join(lines) + '\n'
 
 
