@@ -181,7 +181,7 @@ BAD_INPUTS = [
     BadInput('corpus', 'an `ftp://` mirror', '', 'corpus --books 1 --mirror ftp://127.0.0.1/pub {book}', 1, 'not an http(s) URL'),
     BadInput('corpus', '`--val-fraction` of 1 or more', '', 'corpus --val-fraction 1.5 {book}', 1, '--val-fraction must be in [0, 1)'),
     BadInput('corpus', '`--timeout 0`', '', 'corpus --books 1 --timeout 0 {book}', 1, '--timeout must be > 0'),
-    BadInput('corpus', 'a local file that does not exist', '', 'corpus --files {w}/missing.txt {book}', 1, 'is not a file'),
+    BadInput('corpus', 'a local file that does not exist', '', 'corpus --files {w}/missing.txt {book}', 1, 'neither a file nor a folder'),
     BadInput('corpus', 'a binary file, over an existing corpus', 'corpus out; write x.bin binary', 'corpus --files {w}/x.bin {book}', 2, 'is a binary file'),
     BadInput('corpus', 'an HTML page saved as .txt', 'write x.txt html', 'corpus --files {w}/x.txt {book}', 2, 'is an HTML page'),
     BadInput('corpus', 'an empty file', 'write x.txt blank', 'corpus --files {w}/x.txt {book}', 2, 'is empty or only whitespace'),

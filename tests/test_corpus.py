@@ -231,7 +231,7 @@ def test_bad_local_files(tmp_path, small_corpus):
     out, before = small_corpus
     (tmp_path/'x.bin').write_bytes(bytes(range(256)))
     (tmp_path/'e.txt').write_text('')
-    for f, msg in [('x.bin', 'binary'), ('e.txt', 'empty'), ('missing.txt', 'is not a file')]:
+    for f, msg in [('x.bin', 'binary'), ('e.txt', 'empty'), ('missing.txt', 'neither a file nor a folder')]:
         with pytest.raises((MinillmError, OSError), match=msg):
             build_corpus(out, files=[tmp_path/f], progress=False)
         assert unchanged(out, before)

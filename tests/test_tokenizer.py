@@ -68,7 +68,7 @@ def test_fixed_special_ids_and_default(tok):
     assert (tok.unk_id, tok.bos_id, tok.eos_id, tok.pad_id, tok.newline_id) == (0, 1, 2, 3, 4)
     assert [tok.sp.id_to_piece(i) for i in range(5)] == ['<unk>', '<s>', '</s>', '<pad>', '\n']
     assert tok.sp.id_to_piece(5) == '<0x00>' and tok.vocab_size == 600
-    assert 2048 <= DEFAULT_VOCAB_SIZE <= 8192
+    assert 512 <= DEFAULT_VOCAB_SIZE <= 8192
     assert tok.decode(np.array([tok.bos_id, *tok.encode('hi there'), tok.eos_id, tok.pad_id])) == 'hi there'
 
 
