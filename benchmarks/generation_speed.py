@@ -4,16 +4,16 @@ least 5x the speed of recomputing the whole context at every step, at 512 new to
     python benchmarks/generation_speed.py                          # default model, 2 threads, 512 new tokens
     python benchmarks/generation_speed.py --context 513            # room for all 512: recomputing redoes each
     python benchmarks/generation_speed.py --batch 1 8 --threads 1 2
-    python benchmarks/generation_speed.py --no-compile --markdown  # eager only, the table of chapter 5
+    python benchmarks/generation_speed.py --no-compile --markdown  # eager only, the table of chapter 6
 
 Speed does not depend on what the weights learned, so the model is a randomly initialised `MiniLLM` of the
-preset's shape with the bundled tokenizer's vocabulary (4096). Every run is chapter 5's `next_tokens`
+preset's shape with the bundled tokenizer's vocabulary (4096). Every run is chapter 6's `next_tokens`
 (the loop `minillm generate` uses), greedy, after a 16-token prompt, for exactly `--new-tokens` tokens
 (no stop at end-of-text). Variants:
 - `cache`: the static key/value cache, the step run eagerly (the default of `minillm generate`);
 - `compiled`: the same with the one-token step compiled (`next_tokens(..., compile=True)`);
 - `recompute`: no cache: every step runs the model over the last `block_size` tokens.
-With the default context of 128 the cache slides (chapter 5) and recomputing never processes more than
+With the default context of 128 the cache slides (chapter 6) and recomputing never processes more than
 128 tokens a step; `--context 513` gives the model room for all 512 new tokens, so recomputing reprocesses
 the whole text each step (the speed-up the cache is usually quoted with). The variants alternate for
 `--rounds` rounds; figures are medians. The first compiled run pays for compiling; it is reported apart

@@ -1,4 +1,4 @@
-"""How long does `minillm pipeline` take, all phases included? (Chapter 6 promises at most 7 minutes for the
+"""How long does `minillm pipeline` take, all phases included? (Chapter 7 promises at most 7 minutes for the
 default run and 2 minutes for `--epochs 5` on a 2-core CPU machine, validation passing.)
 
     python benchmarks/pipeline_time.py                    # --epochs 5, then the default 20 epochs

@@ -4,7 +4,7 @@ Each measurement is a fresh process that builds the model (`MiniLLM`), the optim
 and runs the training loop's step (`get_batch` from a memory-mapped shard, `lr_at`, `train_step`) for
 `--steps` steps after `--skip` untimed ones, timing every step; the figure is the median step. The
 variants run alternately (A, B, A, B...) for `--rounds` rounds, so a machine whose speed drifts, or
-that other programs share, affects them alike. MFU is tokens/s x matmul FLOPs per token (chapter 3's
+that other programs share, affects them alike. MFU is tokens/s x matmul FLOPs per token (chapter 4's
 `flops_per_token`) over the measured float32 matrix-multiply peak (n=2048, median of 5, same threads).
 
     python benchmarks/train_speed.py                                 # nano and default, eager vs compiled, 2 threads

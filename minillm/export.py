@@ -316,7 +316,7 @@ def import_hf(hf_dir, out_dir, force: bool = False) -> Path:
     tok = Tokenizer.load(d / 'tokenizer.model', exit_code=ExitCode.GENERATION)
     if tok.vocab_size != config.vocab_size:
         raise _import_error(d, f'tokenizer.model has {tok.vocab_size} pieces but the model {config.vocab_size} embeddings')
-    if why := size_problem(config): raise _import_error(d, why)  # the rule load_model applies (section 4.1)
+    if why := size_problem(config): raise _import_error(d, why)  # the rule load_model applies (section 5.1)
     out = prepare_out(out_dir, d, force)
     return _write_imported(d, out, config, tok)
 

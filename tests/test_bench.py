@@ -52,7 +52,7 @@ def test_quality_json(quality):
 
 
 def test_quality_trains_with_train(quality):
-    "The run is chapter 4's `train`: its summary, metrics, a schedule ending annealed."
+    "The run is chapter 5's `train`: its summary, metrics, a schedule ending annealed."
     d, q = quality
     t = q['training']
     run = Path(q['checkpoint']).parents[1]        # OUT/train, above checkpoints/last
@@ -84,7 +84,7 @@ def test_quality_checkpoint_reloads(quality):
 
 
 def test_text_bits_counts_every_token(quality):
-    "Chapter 5's windows score each token once: uniform logits give n * ln(V) nats."
+    "Chapter 6's windows score each token once: uniform logits give n * ln(V) nats."
     import torch
     from minillm.checkpoint import load
     from minillm.model import ModelConfig, MiniLLM

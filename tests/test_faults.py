@@ -1,6 +1,6 @@
 """Fault injection (issue 10): kill training at random moments, interrupt every pipeline phase, fill the disk,
 run twice into one directory, misbehave as a mirror, corrupt the artifacts, plant pickles, and feed every
-command bad input. Each promise is in chapter 9 (nbs/09_reliability.ipynb); cases a chapter's own tests
+command bad input. Each promise is in chapter 10 (nbs/10_reliability.ipynb); cases a chapter's own tests
 already cover are named where they belong rather than repeated:
 
 - exact resume after SIGTERM, SIGKILL once, a step limit, an interrupted checkpoint swap: test_training.py
@@ -237,7 +237,7 @@ def resume_in_child(server, args, out) -> dict:
 
 # ====================================================================== 2. Ctrl+C and SIGTERM at each pipeline phase
 
-# Stand-in chapter notebooks (chapter 6's `make_standin_notebooks`) with a trap in front of each body: the
+# Stand-in chapter notebooks (chapter 7's `make_standin_notebooks`) with a trap in front of each body: the
 # notebook records the parameters it received, and if the test armed its phase, it waits to be interrupted,
 # saves a marker on KeyboardInterrupt (what training does with its checkpoint) and lets the interrupt through.
 TRAP = '''import json, os, time
@@ -337,14 +337,14 @@ def test_interrupt_every_phase_then_the_printed_command_resumes(chain, tmp_path,
 
 
 def test_ctrl_c_reaches_the_real_training_chapter_inside_the_pipeline(tmp_path, fault_report):
-    """The real training chapter (04_training.ipynb) inside the pipeline, with stand-ins before and after it:
+    """The real training chapter (05_training.ipynb) inside the pipeline, with stand-ins before and after it:
     Ctrl+C while it trains saves `checkpoints/last` and exits 130, and the printed command resumes training
     where it stopped. The pipeline holds RUN's lock while the training it runs holds RUN/train's."""
     nbs = pl.make_standin_notebooks(tmp_path/'nbs')
     tok = nbs/'02_tokenizer.ipynb'
     params = ''.join(json.loads(tok.read_text())['cells'][0]['source'])
     pl.make_notebook(tok, params, 'from minillm.testing import write_shards\nwrite_shards(out_dir, n_train=40_000)')
-    shutil.copy(ROOT/'nbs'/'04_training.ipynb', nbs/'04_training.ipynb')
+    shutil.copy(ROOT/'nbs'/'05_training.ipynb', nbs/'05_training.ipynb')
     run = tmp_path/'run'
     metrics = run/'train'/'metrics.jsonl'
     signal_when_true = lambda: metrics.exists() and metrics.read_text().count('\n') >= 1

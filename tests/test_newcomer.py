@@ -85,16 +85,16 @@ def _parameters(name: str) -> dict:
     return {t.id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign) for t in n.targets}
 
 
-CHAPTERS = sorted(p.stem for p in NBS.glob('0[0-9]_*.ipynb'))
+CHAPTERS = sorted(p.stem for p in NBS.glob('[0-9][0-9]_*.ipynb') if p.stem != '99_main')
 
 
 def test_chapter_3_benchmark_is_opt_in():
-    "The speed table took 257 s as a learner ran chapter 3: it runs only when asked for."
-    assert _parameters('03_model')['show_benchmarks'] is False
+    "The speed table took 257 s as a learner ran chapter 4: it runs only when asked for."
+    assert _parameters('04_model')['show_benchmarks'] is False
 
 
 # cells marked slow (nbdev_test skips them) that a learner runs all the same: measured as a learner runs the page
-QUICK_SLOW_CELLS = {'2d8d8da4': '05_generation: generation speed with and without the cache, 9 s',
+QUICK_SLOW_CELLS = {'2d8d8da4': '06_generation: generation speed with and without the cache, 9 s',
                     '3c0b096b': '08_export: export times of two presets, 18 s'}
 
 

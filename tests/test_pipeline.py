@@ -1,4 +1,4 @@
-"""Chapter 6, pipeline: the papermill runner on stand-in notebooks (every exit code, the resume prompt,
+"""Chapter 7, pipeline: the papermill runner on stand-in notebooks (every exit code, the resume prompt,
 argument and prerequisite errors), real chapter failures, and one end-to-end run of the real chapters."""
 import builtins, http.server, json, os, queue, re, shutil, subprocess, sys, threading, time
 from pathlib import Path
@@ -55,7 +55,7 @@ def test_standin_run_report_and_skips(tmp_path, standins, monkeypatch):
     report = (run/'report.md').read_text()
     assert '## Samples' in report and 'To be or not' in report and '| epochs | 3 |' in report
     # the executed notebook records the injected parameters
-    nb = json.loads((run/'notebooks'/'04_training.ipynb').read_text())
+    nb = json.loads((run/'notebooks'/'05_training.ipynb').read_text())
     assert any('injected-parameters' in c['metadata'].get('tags', []) and '"epochs": 3' in ''.join(c['source'])
                for c in nb['cells'])
     # a second run: checkpoints exist and there is no terminal, so it refuses ...
@@ -73,10 +73,10 @@ def test_failure_in_a_phase_maps_to_its_exit_code(tmp_path):
     nbs = pl.make_standin_notebooks(tmp_path/'nbs', fail='model')
     code, out, err = run_cli(['pipeline', '--run-dir', tmp_path/'run', '--notebooks', nbs, *FAST])
     assert code == ExitCode.TRAINING
-    nb = tmp_path/'run'/'notebooks'/'03_model.ipynb'
+    nb = tmp_path/'run'/'notebooks'/'04_model.ipynb'
     assert err.strip() == (f'minillm pipeline: error: stand-in model failure; nothing to do (executed notebook: '
                            f'{nb})')
-    assert nb.exists() and 'Traceback' not in err and not (tmp_path/'run'/'notebooks'/'04_training.ipynb').exists()
+    assert nb.exists() and 'Traceback' not in err and not (tmp_path/'run'/'notebooks'/'05_training.ipynb').exists()
 
 
 def test_a_missing_package_in_a_chapter_is_a_usage_error_with_the_install_command(tmp_path):
@@ -137,7 +137,7 @@ def test_resume_prompt_on_a_terminal(recorded, standins, monkeypatch, answer, co
     got, out, err = run_cli(['pipeline', '--run-dir', run, '--notebooks', standins, *FAST])
     assert asked == ['Found existing checkpoints. Resume training? [y/N] ']
     assert got == code
-    if code == 0: assert calls['04_training']['options']['resume'] is True and calls['04_training']['options']['force_restart'] is False
+    if code == 0: assert calls['05_training']['options']['resume'] is True and calls['05_training']['options']['force_restart'] is False
     else: assert not calls and 'not resuming' in err and '--force-restart' in err
 
 
@@ -148,7 +148,7 @@ def test_resume_flags_need_no_terminal(recorded, standins, monkeypatch, flag):
     monkeypatch.setattr(builtins, 'input', lambda q: pytest.fail('asked without a terminal'))
     code, out, err = run_cli(['pipeline', '--run-dir', run, '--notebooks', standins, flag, *FAST])
     assert code == 0, err
-    assert calls['04_training']['options'][flag.strip('-').replace('-', '_')] is True
+    assert calls['05_training']['options'][flag.strip('-').replace('-', '_')] is True
 
 
 def test_resume_refused_without_terminal(recorded, standins, monkeypatch):
@@ -181,15 +181,15 @@ def test_parameters_reach_the_phases(recorded, standins):
                                       show_demos=False)
     assert calls['02_tokenizer'] == dict(corpus_dir=f'{r}/corpus', out_dir=f'{r}/data', vocab_size=300, show_stats=False,
                                          show_demos=False)
-    assert calls['03_model'] == dict(show_benchmarks=False)
-    train = calls['04_training']
+    assert calls['04_model'] == dict(show_benchmarks=False)
+    train = calls['05_training']
     assert (train['data_dir'], train['out_dir']) == (f'{r}/data', f'{r}/train')
     given = dict(epochs=5, batch_size=8, learning_rate=1e-3, model='nano', device='cpu', max_time='10m', resume=False,
                  force_restart=True)
     assert {k: train['options'][k] for k in given} == given
-    # every training option reaches chapter 4, the defaults too: nothing the pipeline trains with is hidden
+    # every training option reaches chapter 5, the defaults too: nothing the pipeline trains with is hidden
     assert train['options'] == {**pl.training_options(pl.PipelineConfig()), **given}
-    assert calls['05_generation'] == dict(checkpoint_dir=f'{r}/train', data_dir=f'{r}/data', corpus_dir=f'{r}/corpus',
+    assert calls['06_generation'] == dict(checkpoint_dir=f'{r}/train', data_dir=f'{r}/data', corpus_dir=f'{r}/corpus',
                                           report_path=f'{r}/validation.json', min_word_fraction=0.9)
 
 
@@ -344,7 +344,7 @@ def test_unwritable_checkpoint_dir_is_exit_4(tmp_path, prepared):
     assert 'corpus: skipped' in out and 'tokenizer: skipped (outputs in' in out  # copied with its fingerprint
     last = err.strip().splitlines()[-1]
     assert 'checkpoints' in last and 'not writable' in last, last
-    assert last.endswith(f'(executed notebook: {run}/notebooks/04_training.ipynb)')
+    assert last.endswith(f'(executed notebook: {run}/notebooks/05_training.ipynb)')
 
 
 # ---------------------------------------------------------------- end to end: every real chapter
@@ -359,14 +359,14 @@ THRESHOLDS = ('max_bpb_ratio', 'min_word_fraction', 'min_distinct_bigrams')
 
 @pytest.fixture(scope='session')
 def thresholds(chapters):
-    "Validation's thresholds are parameters of chapter 5: a renamed one fails the end-to-end tests, never skips them."
-    params = notebook_parameters(chapters/'05_generation.ipynb')
+    "Validation's thresholds are parameters of chapter 6: a renamed one fails the end-to-end tests, never skips them."
+    params = notebook_parameters(chapters/'06_generation.ipynb')
     missing = [t for t in THRESHOLDS if not re.search(rf'^{t}\s*(:[^=]*)?=', params, re.M)]
-    assert not missing, f'05_generation.ipynb has no parameter {missing} (renamed? update THRESHOLDS and LOOSE)'
+    assert not missing, f'06_generation.ipynb has no parameter {missing} (renamed? update THRESHOLDS and LOOSE)'
     return THRESHOLDS
 
 
-needs_thresholds = pytest.mark.usefixtures('thresholds')  # an end-to-end test that passes thresholds to chapter 5
+needs_thresholds = pytest.mark.usefixtures('thresholds')  # an end-to-end test that passes thresholds to chapter 6
 # one epoch of a tiny model on a tiny corpus learns little: these thresholds let its validation pass
 LOOSE = ['--validation-param', 'max_bpb_ratio=100', '--validation-param', 'min_word_fraction=0',
          '--validation-param', 'min_distinct_bigrams=0']
@@ -418,14 +418,14 @@ def test_a_successful_run_prints_no_fake_errors(e2e):
 def test_unmeetable_validation_is_exit_5(e2e, tmp_path):
     run = copy_run(e2e[0], tmp_path/'run', ['corpus', 'data', 'train', 'pipeline_state.json'])
     nbs = mixed_notebooks(tmp_path/'nbs', real={'validation'})
-    pl.make_notebook(nbs/'04_training.ipynb', notebook_parameters(nbs/'04_training.ipynb'), 'pass')  # keep the checkpoint
+    pl.make_notebook(nbs/'05_training.ipynb', notebook_parameters(nbs/'05_training.ipynb'), 'pass')  # keep the checkpoint
     code, out, err = run_cli(['pipeline', '--run-dir', run, '--notebooks', nbs, '--skip-corpus', '--vocab-size', 512, '--resume',
                               *LOOSE, '--validation-param', 'min_word_fraction=1.01', *FAST])  # the last value wins
     assert code == ExitCode.VALIDATION, err
     last = err.strip().splitlines()[-1]
     assert last.startswith('minillm pipeline: error: validation failed: real_words ') and '(needs >= 1.01)' in last
     assert 'bits_per_byte' not in last
-    assert last.endswith(f'(executed notebook: {run}/notebooks/05_generation.ipynb)')
+    assert last.endswith(f'(executed notebook: {run}/notebooks/06_generation.ipynb)')
     report = (run/'report.md').read_text()  # written all the same, saying why (issue 20, item 9)
     assert '**Validation failed**: validation failed: real_words ' in report and f'report: {run}/report.md' in out
     assert json.loads((run/'summary.json').read_text())['status'] == 'validation failed'
@@ -438,7 +438,7 @@ def test_unmeetable_validation_is_exit_5(e2e, tmp_path):
 def test_validation_must_leave_a_passing_report(report, message, tmp_path):
     nbs = pl.make_standin_notebooks(tmp_path/'nbs')
     body = f"import json; from pathlib import Path; Path(report_path).write_text(json.dumps({report!r}))" if report else 'pass'
-    pl.make_notebook(nbs/'05_generation.ipynb', notebook_parameters(nbs/'05_generation.ipynb'), body)
+    pl.make_notebook(nbs/'06_generation.ipynb', notebook_parameters(nbs/'06_generation.ipynb'), body)
     code, out, err = run_cli(['pipeline', '--run-dir', tmp_path/'run', '--notebooks', nbs, *FAST])
     assert code == ExitCode.VALIDATION and message in err, err
     assert message in (tmp_path/'run'/'report.md').read_text()  # the failed run's report says why
@@ -450,7 +450,7 @@ def test_sigterm_reaches_the_training_notebook_which_saves_then_exit_130(tmp_pat
     body = ("import time\nfrom pathlib import Path\nprint('training', flush=True)\n"
             "try: time.sleep(60)\nexcept KeyboardInterrupt:\n"
             "    Path(out_dir).mkdir(parents=True, exist_ok=True); (Path(out_dir)/'saved').write_text('state'); raise")
-    pl.make_notebook(nbs/'04_training.ipynb', notebook_parameters(nbs/'04_training.ipynb'), body)
+    pl.make_notebook(nbs/'05_training.ipynb', notebook_parameters(nbs/'05_training.ipynb'), body)
     run = tmp_path/'run'
     stderr = tmp_path/'stderr.txt'
     with stderr.open('w') as f:  # a file, not a pipe: nothing blocks the pipeline while the test waits for stdout
@@ -471,6 +471,6 @@ def test_sigterm_reaches_the_training_notebook_which_saves_then_exit_130(tmp_pat
     err = stderr.read_text()
     assert (run/'train'/'saved').read_text() == 'state'
     assert err.strip().splitlines()[-1] == (f'minillm pipeline: error: interrupted during training (executed notebook: '
-                                            f'{run}/notebooks/04_training.ipynb); finished phases and training checkpoints '
+                                            f'{run}/notebooks/05_training.ipynb); finished phases and training checkpoints '
                                             f'are kept: continue with `minillm pipeline --run-dir {run} --min-free-disk 0.01 '
                                             f'--notebooks {nbs} --resume`')

@@ -11,7 +11,7 @@ from minillm.pipeline import PHASES
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT/'nbs'
 BIN = Path(sys.executable).parent
-CHAPTERS = sorted(p.stem for p in NBS.glob('0[1-9]_*.ipynb'))
+CHAPTERS = sorted(p.stem for p in NBS.glob('[0-9][0-9]_*.ipynb') if p.stem not in ('00_core', '99_main'))
 BUILD = NBS/'_build'
 PIPELINE_CHAPTERS = [Path(p.notebook).stem for p in PHASES]  # the chapters `minillm pipeline` runs with parameters
 
@@ -222,7 +222,7 @@ def test_every_import_the_pipeline_executes_is_a_runtime_requirement():
 # ---------------------------------------------------------------- one source for every option
 
 CONFIGS = {'01_corpus': 'minillm.corpus.CorpusConfig', '02_tokenizer': 'minillm.tokenizer.TokenizerConfig',
-           '04_training': 'minillm.training.TrainConfig', '05_generation': 'minillm.generation.ValidateConfig'}
+           '05_training': 'minillm.training.TrainConfig', '06_generation': 'minillm.generation.ValidateConfig'}
 PAGE_SWITCHES = {'show_stats', 'show_benchmarks', 'show_demos'}  # what a page shows, not how a stage runs
 
 
@@ -244,7 +244,7 @@ def test_papermill_parameters_are_config_fields(name):
     cell = next(c for c in nb.cells if 'parameters' in c.metadata.get('tags', []))
     params = {p.name for p in PythonTranslator.inspect(cell)}
     allowed = {f.name for f in fields(_config(CONFIGS[name]))} if name in CONFIGS else set()
-    if name == '04_training': allowed.add('options')  # every TrainConfig option in one dict (checked below)
+    if name == '05_training': allowed.add('options')  # every TrainConfig option in one dict (checked below)
     assert params - PAGE_SWITCHES <= allowed, f'{name}: {sorted(params - PAGE_SWITCHES - allowed)} are no config fields'
     phase = next(p.name for p in PHASES if p.notebook == f'{name}.ipynb')
     passed = phase_parameters(phase, PipelineConfig())
