@@ -132,28 +132,124 @@ def test_book_builds_a_page_per_chapter_with_outputs(book):
     assert 'TL;DR' in index and 'SentencePiece tokenizer' in index
 
 
-CHROME_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
-                '--disable-background-networking', '--disable-component-update', '--disable-sync']
+def _chromium():
+    "Debian's chromium, or a skip here and a failure in CI (.ci/run exports CI=1 and installs it)."
+    from book_check import chromium
+    chrome = chromium()
+    if not chrome:
+        if os.environ.get('CI'): pytest.fail('chromium is not installed (.ci/run installs Debian\'s chromium)')
+        pytest.skip('chromium is not installed here: apt-get install chromium (CI installs it, and fails without it)')
+    return chrome
+
+
+# the table of contents: each chapter under its number, in reading order (core is an unnumbered reference)
+TOC_CHAPTERS = ['Corpus', 'Tokenizer', 'Counting', 'Model', 'Training', 'Generation', 'Pipeline', 'Export',
+                'Benchmarks', 'Reliability']
 
 
 def test_index_renders_in_a_real_browser(book, tmp_path):
     "Headless Chromium opens the built index: its title and table of contents render; a screenshot is kept."
-    chrome = shutil.which('chromium') or shutil.which('chromium-browser')
-    if not chrome:  # CI (.ci/run exports CI=1 and installs it) fails; a machine of one's own says what to install
-        if os.environ.get('CI'): pytest.fail('chromium is not installed (.ci/run installs Debian\'s chromium)')
-        pytest.skip('chromium is not installed here: apt-get install chromium (CI installs it, and fails without it)')
+    from book_check import CHROME_FLAGS, OFFLINE
+    chrome = _chromium()
     url = (book/'index.html').as_uri()
-    base = [chrome, *CHROME_FLAGS, f'--user-data-dir={tmp_path/"profile"}', '--window-size=1280,1000']
+    base = [chrome, *CHROME_FLAGS, *OFFLINE, f'--user-data-dir={tmp_path/"profile"}', '--window-size=1280,1000']
     dom = run(base + ['--dump-dom', url], timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     title = re.search(r'<title>(.*?)</title>', dom.stdout, re.S).group(1)
     assert 'minillm' in title
     nav = dom.stdout[dom.stdout.find('bd-sidebar'):]
-    for chapter in ['Corpus', 'Tokenizer', 'Model', 'Training', 'Generation', 'Pipeline']:
-        assert re.search(rf'toctree-l1[^>]*>\s*<a[^>]*>[^<]*{chapter}', nav, re.I), f'{chapter} missing from the TOC'
+    for number, chapter in enumerate(TOC_CHAPTERS, 1):
+        assert re.search(rf'toctree-l1[^>]*>\s*<a[^>]*>\s*{number}\.[^<]*{chapter}', nav, re.I), \
+            f'{number}. {chapter} missing from the TOC'
+    assert re.search(r'toctree-l1[^>]*>\s*<a[^>]*>\s*Core', nav), 'the core reference is missing from the TOC'
     shot = book/'screenshot-index.png'
     r = run(base + [f'--screenshot={shot}', url], timeout=120)
     assert r.returncode == 0 and shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_every_page_renders_clean_in_a_real_browser(book, tmp_path):
+    """Headless Chromium opens every page of the book at 1280 and 800 pixels wide; no page shows a table as
+    text, a plot without its image, a stderr box, a machine path, an nbdev directive, untypeset maths, code
+    wider than the column, or scrolls sideways (tests/book_check.py; `python tests/book_check.py nbs/_build`
+    lists every problem)."""
+    from book_check import check_book, report
+    found = check_book(book, toc_files(), _chromium(), tmp_path)
+    if found: pytest.fail('pages with problems:\n' + report(found, limit=12), pytrace=False)
+
+
+# ---------------------------------------------------------------- the page checks, on small pages
+
+def _page(body: str) -> str:
+    return f'<html><head><title>t</title></head><body><nav>| not the article</nav><article class="bd-article">{body}</article></body></html>'
+
+
+def _cell(source: str, output: str = '') -> str:
+    "A code cell as MyST-NB renders it; `output` is the cell_output's inner HTML."
+    code = source.replace('&', '&amp;').replace('<', '&lt;')
+    out = f'<div class="cell_output docutils container">{output}</div>' if output else ''
+    return (f'<div class="cell docutils container"><div class="cell_input docutils container"><div class="highlight-python '
+            f'notranslate"><div class="highlight"><pre><span></span>{code}</pre></div></div></div>{out}</div>')
+
+
+STDOUT = '<div class="output stream highlight-myst-ansi notranslate"><div class="highlight"><pre>{}</pre></div></div>'
+STDERR = '<div class="output stderr highlight-myst-ansi notranslate"><div class="highlight"><pre>{}</pre></div></div>'
+IMAGE = '<img alt="_images/x.png" src="_images/x.png" />'
+PAGE_CASES = {  # rule: (a page that breaks it, a page that does not)
+    'table as text': ('<p>| a | b |\n|---|---|\n| 1 | 2 |</p>',
+                      '<table><tr><td>a | b</td></tr></table><p>a pipe | inside is fine</p>'),
+    'plot without image': (_cell('fig, ax = plt.subplots()\nax.plot([1, 2])'),
+                           _cell('fig, ax = plt.subplots()\nax.plot([1, 2])', IMAGE)
+                           + _cell('def draw(x):\n    plt.plot(x)')  # defines, does not draw
+                           + _cell('def show(x): print(x)\nshow(3)', STDOUT.format(3))),
+    'stderr box': (_cell('train()', STDERR.format('epoch 1: loss 3.2')), _cell('train()', STDOUT.format('epoch 1'))),
+    'machine path': (_cell('print(book_dir())', STDOUT.format('/tmp/tmpab12/book')),
+                     _cell("cfg = PipelineConfig(run_dir='/tmp/r')", STDOUT.format('~/.cache/minillm'))
+                     + '<p>see <a href="https://example.org/work/">the work/ folder</a> and data/tokenizer.model</p>'),
+    'nbdev directive': (_cell('#| export\ndef f(): pass'), _cell('def f(): pass  # |x| is its size')),
+    'raw maths': ('<p>the loss $$L = -\\log p$$ falls</p><p>and $x_i$ rises</p>',
+                  '<div class="math notranslate nohighlight">\\[L = -\\log p\\]</div><p>it costs $5 or $10</p>'),
+    'wide code line': (_cell('x = 1  # ' + 'w' * 85) + '<div class="highlight"><pre>' + 'd' * 81 + '</pre></div>',
+                       _cell('x = 1  # ' + 'w' * 79) + '<div class="highlight"><pre>' + 'd' * 80 + '</pre></div>'),
+}
+
+
+@pytest.mark.parametrize('rule', PAGE_CASES)
+def test_page_checks_catch_each_problem(rule):
+    "Each page check fails its bad page (naming the rule) and passes its good one."
+    from book_check import RULES, dom_problems
+    assert rule in RULES
+    bad, good = PAGE_CASES[rule]
+    rules = [r for r, _ in dom_problems(_page(bad))]
+    assert rules and set(rules) == {rule}, rules
+    assert dom_problems(_page(good)) == []
+
+
+def test_page_checks_list_every_problem_of_every_page():
+    "The report names every page and every problem, with a count per rule, not just the first problem."
+    from book_check import dom_problems, report
+    found = {'01_corpus': dom_problems(_page(PAGE_CASES['stderr box'][0] * 2 + PAGE_CASES['table as text'][0])),
+             '02_tokenizer': dom_problems(_page(PAGE_CASES['machine path'][0]))}
+    text = report(found)
+    assert text.count('  stderr box: epoch 1') == 2 and '01_corpus: table as text 1, stderr box 2' in text
+    assert '02_tokenizer: machine path 1' in text and text.endswith('per rule: table as text 1, stderr box 2, machine path 1')
+    assert report({}) == 'per rule: none'
+
+
+def test_page_layout_checks_in_a_real_browser(tmp_path):
+    "Chromium measures a page at 1280 and 800 px: a page wider than the window and a code box wider than its"
+    " column are caught; a page of 88-column code is not."
+    from book_check import layout_problems, render
+    chrome = _chromium()
+    css = '<style>pre { font: 12px monospace; overflow: auto; padding: 12px }</style>'
+    wide = tmp_path/'wide.html'
+    wide.write_text(_page(css + '<div style="width:1500px">a wide table</div><div class="highlight"><pre>'
+                          + 'x' * 200 + '</pre></div>'))
+    narrow = tmp_path/'narrow.html'
+    narrow.write_text(_page(css + '<div class="highlight"><pre>' + 'x' * 88 + '</pre></div>'))
+    rules = [rule for rule, _ in layout_problems(render(chrome, wide, tmp_path)[1])]
+    assert rules.count('page scrolls sideways') == 2 and rules.count('code scrolls sideways') == 1
+    dom, layout = render(chrome, narrow, tmp_path)
+    assert 'x' * 88 in dom and layout_problems(layout) == []
 
 
 def test_ci_runs_the_browser_check():
