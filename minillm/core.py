@@ -4,8 +4,9 @@
 
 # %% ../nbs/00_core.ipynb #9487ce59
 from __future__ import annotations
-import argparse, contextlib, datetime as dt, hashlib, importlib, importlib.metadata, importlib.util, json, os
-import pkgutil, re, shutil, signal, socket, sys, tempfile, threading, warnings
+import argparse, contextlib, datetime as dt, hashlib, importlib, importlib.metadata
+import importlib.util, json, os, pkgutil, re, shutil, signal, socket, sys, tempfile
+import threading, warnings
 from dataclasses import fields, is_dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -28,12 +29,15 @@ class ExitCode(IntEnum):
     TRAINING = 4      # the training stage failed
     VALIDATION = 5    # the trained model did not pass validation
     GENERATION = 6    # loading a checkpoint or generating text failed
-    INTERNAL = 70     # a bug: an unexpected exception (MINILLM_DEBUG=1 shows its traceback); 70 is sysexits' EX_SOFTWARE
-    INTERRUPTED = 130 # Ctrl+C or SIGTERM, after state was saved (128 + SIGINT, the shell convention)
+    # a bug: an unexpected exception (MINILLM_DEBUG=1 shows its traceback); 70 is
+    # sysexits' EX_SOFTWARE
+    INTERNAL = 70
+    # Ctrl+C or SIGTERM, after state was saved (128 + SIGINT, the shell convention)
+    INTERRUPTED = 130
 
 # %% ../nbs/00_core.ipynb #053cfe67
 class MinillmError(Exception):
-    "An error the user can fix: a one-line message and the exit code of the failing stage."
+    "An error the user can fix: a one-line message and the failing stage's exit code."
     def __init__(self, message: str, exit_code: int = ExitCode.USAGE):
         super().__init__(message)
         self.exit_code = int(exit_code)
@@ -41,11 +45,12 @@ class MinillmError(Exception):
 # %% ../nbs/00_core.ipynb #f375d50f
 @contextlib.contextmanager
 def atomic_write(path, mode: str = 'w', encoding: str | None = 'utf-8'):
-    "Open a temporary file beside `path`; on success flush, fsync and rename it over `path`."
+    "Write a temporary file beside `path`; on success fsync it, rename it to `path`."
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     umask = os.umask(0); os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; give the usual permissions
+    # mkstemp makes owner-only files; give the usual permissions
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         with os.fdopen(fd, mode, encoding=None if 'b' in mode else encoding) as f:
             yield f
@@ -71,14 +76,17 @@ def parse_duration(text: str) -> float:
     s = str(text).strip().lower().replace(' ', '')
     parts = re.findall(r'(\d+(?:\.\d+)?)([smhd]?)', s)
     if not s or not parts or ''.join(n + u for n, u in parts) != s:
-        raise MinillmError(f'bad duration {text!r}: use a number with s, m or h, for example 90s, 5m or 1h30m')
+        raise MinillmError(f'bad duration {text!r}: use a number with s, m or h, '
+                           f'for example 90s, 5m or 1h30m')
     return sum(float(n) * _UNITS[u] for n, u in parts)
 
 # %% ../nbs/00_core.ipynb #9fe6b5b4
-CREATED_DIRS: list[Path] = []  # folders this process made: a failed command removes those still empty
+# folders this process made: a failed command removes those still empty
+CREATED_DIRS: list[Path] = []
 
-def ensure_writable_dir(path, what: str = 'output directory', exit_code: int = ExitCode.USAGE) -> Path:
-    "Create `path` if needed (remembering the folders made) and check that files can be created in it."
+def ensure_writable_dir(path, what: str = 'output directory',
+                        exit_code: int = ExitCode.USAGE) -> Path:
+    "Create `path` if needed (noting the folders made); check files can go in it."
     path = Path(path)
     try:
         new = [p for p in (path, *path.parents) if not p.exists()]
@@ -86,65 +94,79 @@ def ensure_writable_dir(path, what: str = 'output directory', exit_code: int = E
         CREATED_DIRS.extend(reversed(new))  # outermost first
         with tempfile.TemporaryFile(dir=path): pass
     except OSError as e:
-        raise MinillmError(f'{what} {path} is not writable ({e.strerror}); choose another directory '
-                           f'or fix its permissions', exit_code) from None
+        raise MinillmError(f'{what} {path} is not writable ({e.strerror}); choose '
+                           f'another directory or fix its permissions',
+                           exit_code) from None
     return path
 
-def ensure_free_disk(path, need_bytes: int, what: str = 'this step', exit_code: int = ExitCode.USAGE) -> int:
-    "Check that the disk holding `path` has at least `need_bytes` free; return the free bytes."
+def ensure_free_disk(path, need_bytes: int, what: str = 'this step',
+                     exit_code: int = ExitCode.USAGE) -> int:
+    "Check that the disk holding `path` has `need_bytes` free; return the free bytes."
     free = shutil.disk_usage(Path(path)).free
     if free < need_bytes:
-        raise MinillmError(f'not enough free disk in {path} for {what}: {free/2**20:.0f} MiB free, '
-                           f'{need_bytes/2**20:.0f} MiB needed; free some space or write elsewhere', exit_code)
+        raise MinillmError(f'not enough free disk in {path} for {what}: '
+                           f'{free/2**20:.0f} MiB free, '
+                           f'{need_bytes/2**20:.0f} MiB needed; '
+                           f'free some space or write elsewhere', exit_code)
     return free
 
 # %% ../nbs/00_core.ipynb #8c8eedd9
 def remove_created_dirs() -> list[Path]:
-    "Remove the folders `ensure_writable_dir` made that are still empty, innermost first; return them."
+    "Remove the empty folders `ensure_writable_dir` made, innermost first; return them."
     removed = []
     while CREATED_DIRS:
         d = CREATED_DIRS.pop()
-        with contextlib.suppress(OSError): d.rmdir(); removed.append(d)  # a folder with files stays
+        # a folder with files stays
+        with contextlib.suppress(OSError): d.rmdir(); removed.append(d)
     return removed
 
 # %% ../nbs/00_core.ipynb #03d8be77
 LOCK_FILE = '.minillm.lock'
 
 def read_lock(directory) -> dict | None:
-    "The owner recorded in `directory`'s lock file (pid, host, command, started), or None."
+    "The owner in `directory`'s lock file (pid, host, command, started), or None."
     try: return json.loads((Path(directory)/LOCK_FILE).read_text()) or None
     except (OSError, ValueError): return None
 
 def _owner_text(owner: dict | None) -> str:
     if not owner: return 'another process (it has not written its name yet)'
-    what = f'`{owner["command"]}`' if owner.get('command') else 'a notebook kernel: a chapter, or a phase of minillm pipeline'
-    return f'pid {owner.get("pid")} on {owner.get("host")} ({what}, started {owner.get("started")})'
+    what = (f'`{owner["command"]}`' if owner.get('command')
+            else 'a notebook kernel: a chapter, or a phase of minillm pipeline')
+    return (f'pid {owner.get("pid")} on {owner.get("host")} ({what}, '
+            f'started {owner.get("started")})')
 
 def _command_line() -> str | None:
-    "This process's command line, with `python -m minillm` shown as `minillm`; None in a notebook kernel."
+    "This process's command line (`python -m minillm` as `minillm`); None in a kernel."
     prog = sys.argv[0] if sys.argv and sys.argv[0] else 'python'
-    if 'ipykernel' in Path(prog).name: return None  # its command line (a connection file) says nothing useful
-    prog = 'minillm' if prog.endswith(('minillm', f'minillm{os.sep}__main__.py')) else Path(prog).name
+    # its command line (a connection file) says nothing useful
+    if 'ipykernel' in Path(prog).name: return None
+    is_minillm = prog.endswith(('minillm', f'minillm{os.sep}__main__.py'))
+    prog = 'minillm' if is_minillm else Path(prog).name
     return ' '.join([prog] + sys.argv[1:])
 
 # %% ../nbs/00_core.ipynb #c892d15e
 @contextlib.contextmanager
 def run_lock(directory, exit_code: int = ExitCode.USAGE):
-    "Hold `directory/.minillm.lock` while writing there; refuse at once if a live process holds it."
+    "Hold `directory/.minillm.lock` while writing; refuse if a live process has it."
     import fcntl
     path = ensure_writable_dir(directory, 'run directory', exit_code)/LOCK_FILE
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)   # not inherited by child processes (PEP 446)
+        # not inherited by child processes (PEP 446)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise MinillmError(f'{directory} is in use by {_owner_text(read_lock(directory))}; two runs in one directory '
-                               f'would overwrite each other: wait for it, stop it, or use another directory') from None
+            owner = _owner_text(read_lock(directory))
+            raise MinillmError(f'{directory} is in use by {owner}; two runs in one '
+                               f'directory would overwrite each other: wait for '
+                               f'it, stop it, or use another directory') from None
         with contextlib.suppress(OSError):
-            if os.stat(path).st_ino == os.fstat(fd).st_ino: break  # else its last owner removed it meanwhile: again
+            # else its last owner removed it meanwhile: again
+            if os.stat(path).st_ino == os.fstat(fd).st_ino: break
         os.close(fd)
     if stale := read_lock(directory):
-        print(f'note: took over the lock in {directory} left by {_owner_text(stale)}, which has ended', file=sys.stderr)
+        print(f'note: took over the lock in {directory} left by {_owner_text(stale)}, '
+              f'which has ended', file=sys.stderr)
     owner = dict(pid=os.getpid(), host=socket.gethostname(), command=_command_line(),
                  started=dt.datetime.now().isoformat(timespec='seconds'))
     os.ftruncate(fd, 0); os.write(fd, json.dumps(owner).encode()); os.fsync(fd)
@@ -155,42 +177,49 @@ def run_lock(directory, exit_code: int = ExitCode.USAGE):
 
 # %% ../nbs/00_core.ipynb #ce029acb
 def book_dir(*parts: str) -> Path:
-    "Where chapters run cell by cell keep their artifacts: `$MINILLM_BOOK_DIR`, else a folder in the temp dir."
-    root = Path(os.environ.get('MINILLM_BOOK_DIR') or Path(tempfile.gettempdir())/'minillm-book')
+    "Where chapters run by hand keep artifacts: `$MINILLM_BOOK_DIR` or the temp dir."
+    default = Path(tempfile.gettempdir())/'minillm-book'
+    root = Path(os.environ.get('MINILLM_BOOK_DIR') or default)
     return root.joinpath(*parts)
 
 # %% ../nbs/00_core.ipynb #e300d232
 def package_dir() -> Path:
-    "The folder of the installed minillm package (where `minillm.core` is, whatever `minillm` itself resolves to)."
+    "The installed package's folder: where `minillm.core` is, whatever `minillm` is."
     return Path(importlib.util.find_spec('minillm.core').origin).parent
 
 def package_version() -> str:
-    "minillm's version: the installed distribution's, else the `__version__` line of its `__init__.py`."
+    "minillm's version: the installed one's, else `__version__` in `__init__.py`."
     try: return importlib.metadata.version('minillm')
     except importlib.metadata.PackageNotFoundError:
-        m = re.search(r'__version__\s*=\s*[\'"]([^\'"]+)', (package_dir()/'__init__.py').read_text())
+        init = (package_dir()/'__init__.py').read_text()
+        m = re.search(r'__version__\s*=\s*[\'"]([^\'"]+)', init)
         return m.group(1) if m else 'unknown'
 
 # %% ../nbs/00_core.ipynb #bbf8bef9
 class CLIParser(argparse.ArgumentParser):
-    "An argument parser whose usage errors exit with `ExitCode.USAGE` and one line; options are never abbreviated."
+    "A parser whose usage errors are one line and `ExitCode.USAGE`; no abbreviations."
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault('allow_abbrev', False)  # `--max-tim` is an error, not a guess at `--max-time`
+        # `--max-tim` is an error, not a guess at `--max-time`
+        kwargs.setdefault('allow_abbrev', False)
         super().__init__(*args, **kwargs)
     def error(self, message):
-        self.exit(ExitCode.USAGE, f'{self.prog}: error: {message}; see `{self.prog} --help`\n')
+        self.exit(ExitCode.USAGE,
+                  f'{self.prog}: error: {message}; see `{self.prog} --help`\n')
     def parse_args(self, args=None, namespace=None):
-        "argparse's, except that an unknown option is reported by the subcommand it was given to."
+        "argparse's, but the subcommand given an unknown option reports it."
         args, extra = self.parse_known_args(args, namespace)
         if extra:
-            subs = next((a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)), {})
-            subs.get(getattr(args, 'command', None), self).error(f'unrecognized arguments: {" ".join(extra)}')
+            subs = next((a.choices for a in self._actions
+                         if isinstance(a, argparse._SubParsersAction)), {})
+            sub = subs.get(getattr(args, 'command', None), self)
+            sub.error(f'unrecognized arguments: {" ".join(extra)}')
         return args
 
 # %% ../nbs/00_core.ipynb #77279a2d
 _EXAMPLES: dict[str, str] = {}
 
-def add_command(subparsers, name: str, func, help: str, examples: list[str] = ()) -> argparse.ArgumentParser:
+def add_command(subparsers, name: str, func, help: str,
+                examples: list[str] = ()) -> argparse.ArgumentParser:
     "Register subcommand `name` running `func(args)`; `examples` are shown in `--help`."
     epilog = 'examples:\n' + '\n'.join(f'  {e}' for e in examples) if examples else None
     p = subparsers.add_parser(name, help=help, description=help, epilog=epilog,
@@ -201,52 +230,73 @@ def add_command(subparsers, name: str, func, help: str, examples: list[str] = ()
 
 # %% ../nbs/00_core.ipynb #bab41032
 def _exported(cls):
-    "`cls`, or, for a class defined in a notebook cell (no source file to read), the class minillm exports by that name."
+    "`cls`, or for a class typed in a notebook (no source) the one minillm exports."
     if cls.__module__ != '__main__': return cls
-    for m in pkgutil.iter_modules([str(package_dir())]):  # a chapter run cell by cell: nbdev keeps the two the same
+    # a chapter run cell by cell: nbdev keeps the two the same
+    for m in pkgutil.iter_modules([str(package_dir())]):
         twin = getattr(importlib.import_module(f'minillm.{m.name}'), cls.__name__, None)
         if is_dataclass(twin): return twin
     return cls
 
 def option_help(cls) -> dict[str, str]:
-    "The comment after each field of the dataclass `cls` (its parents' fields too): the help of the field's option."
+    "The comment of each field of dataclass `cls` (and its parents): its option's help."
+    # a long help is a comment of several lines above the field: one line again here
     helps = {}
     for c in reversed(_exported(cls).__mro__):
-        if is_dataclass(c): helps.update({k: v for k, v in docments(c).items() if v and k != 'return'})
+        if is_dataclass(c):
+            helps.update({k: ' '.join(v.split()) for k, v in docments(c).items()
+                          if v and k != 'return'})
     return helps
 
 # %% ../nbs/00_core.ipynb #ac72facd
 _TYPES = {'int': int, 'float': float, 'str': str, 'list[str]': str}
 
-def add_options(p, cls, flags: dict | None = None, skip=(), types: dict | None = None, **extra) -> None:
-    "An option per field of the dataclass `cls`: help from its comment, type and default from the field; `extra[name]` adds argparse settings."
+def add_options(p, cls, flags: dict | None = None, skip=(), types: dict | None = None,
+                **extra) -> None:
+    "An option per field of dataclass `cls`, its help the comment; `extra[name]`: more."
     helps, defaults, flags = option_help(cls), cls(), flags or {}
     for f in fields(cls):
         if f.name in skip: continue
-        if f.name not in helps: raise TypeError(f'{cls.__name__}.{f.name} needs a comment: it is the help of its option')
-        flag, d = flags.get(f.name, '--' + f.name.replace('_', '-')), getattr(defaults, f.name)
-        kw = dict(help=helps[f.name].replace('%', '%%'), **extra.get(f.name, {}))  # argparse formats help with %
-        if not flag.startswith('-'): p.add_argument(flag, **kw); continue  # a positional argument is always given
-        if isinstance(d, bool): kw.setdefault('action', 'store_false' if d else 'store_true')
+        if f.name not in helps:
+            raise TypeError(f'{cls.__name__}.{f.name} needs a comment: '
+                            f'it is the help of its option')
+        flag = flags.get(f.name, '--' + f.name.replace('_', '-'))
+        d = getattr(defaults, f.name)
+        # argparse formats help with %
+        kw = dict(help=helps[f.name].replace('%', '%%'), **extra.get(f.name, {}))
+        # a positional argument is always given
+        if not flag.startswith('-'): p.add_argument(flag, **kw); continue
+        if isinstance(d, bool):
+            kw.setdefault('action', 'store_false' if d else 'store_true')
         else:
-            kw.setdefault('type', {**_TYPES, **(types or {})}.get(f.type.removesuffix(' | None'), str))
+            kind = f.type.removesuffix(' | None')
+            kw.setdefault('type', {**_TYPES, **(types or {})}.get(kind, str))
             kw.setdefault('default', d)
-            if f.name in flags and 'choices' not in kw: kw.setdefault('metavar', flag[2:].replace('-', '_').upper())  # --out OUT
-            if d is not None and not kw.get('required'): kw['help'] += f' (default: {d!r})' if d == '' else f' (default: {d})'
+            # --out OUT
+            if f.name in flags and 'choices' not in kw:
+                kw.setdefault('metavar', flag[2:].replace('-', '_').upper())
+            if d is not None and not kw.get('required'):
+                kw['help'] += f' (default: {d!r})' if d == '' else f' (default: {d})'
         p.add_argument(flag, dest=f.name, **kw)
 
+# %% ../nbs/00_core.ipynb #e2cead29
 def config_from_args(cls, args, **values):
     "The dataclass `cls` filled from parsed `args` (the fields they hold) and `values`."
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name) and f.name not in values}, **values)
+    given = {f.name: getattr(args, f.name) for f in fields(cls)
+             if hasattr(args, f.name) and f.name not in values}
+    return cls(**given, **values)
 
 # %% ../nbs/00_core.ipynb #e0e3883a
-CLI_MODULES = ['corpus', 'tokenizer', 'training', 'generation', 'pipeline', 'bench', 'export']
+CLI_MODULES = ['corpus', 'tokenizer', 'training', 'generation', 'pipeline', 'bench',
+               'export']
 
 def build_parser() -> CLIParser:
     "The `minillm` parser with every subcommand the installed chapters provide."
     p = CLIParser(prog='minillm', formatter_class=argparse.RawDescriptionHelpFormatter,
-                  description='minillm: build and train a small language model, one chapter at a time.')
-    p.add_argument('--version', action='version', version=f'minillm {package_version()}')
+                  description='minillm: build and train a small language model, '
+                              'one chapter at a time.')
+    p.add_argument('--version', action='version',
+                   version=f'minillm {package_version()}')
     sub = p.add_subparsers(dest='command', metavar='COMMAND', title='commands')
     for name in CLI_MODULES:
         try: mod = importlib.import_module(f'minillm.{name}')
@@ -256,13 +306,14 @@ def build_parser() -> CLIParser:
         if hasattr(mod, 'add_cli'): mod.add_cli(sub)
     codes = ', '.join(f'{c.value} {c.name.lower()}' for c in ExitCode)
     p.epilog = ('examples:\n' + '\n'.join(f'  {e}' for e in _EXAMPLES.values()) +
-                f'\n\nexit codes: {codes}\nrun `minillm COMMAND --help` for the options of a command')
+                f'\n\nexit codes: {codes}\n'
+                'run `minillm COMMAND --help` for the options of a command')
     return p
 
 # %% ../nbs/00_core.ipynb #a260301a
 @contextlib.contextmanager
 def sigterm_as_interrupt():
-    "While active (main thread only), SIGTERM raises `KeyboardInterrupt`, as Ctrl+C does, so clean-up code runs."
+    "While active (main thread only), SIGTERM raises `KeyboardInterrupt`, as Ctrl+C."
     def handler(signum, frame): raise KeyboardInterrupt('SIGTERM')
     if threading.current_thread() is not threading.main_thread(): yield; return
     old = signal.signal(signal.SIGTERM, handler)
@@ -272,7 +323,7 @@ def sigterm_as_interrupt():
 # %% ../nbs/00_core.ipynb #b9378fc7
 @contextlib.contextmanager
 def one_line_warnings(where: str):
-    "While active, print each warning as one line `WHERE: warning: MESSAGE` on stderr (no class, no source line)."
+    "While active, print each warning as one line on stderr: `WHERE: warning: MESSAGE`."
     def show(message, category, filename, lineno, file=None, line=None):
         print(f'{where}: warning: {message}', file=sys.stderr)
     with warnings.catch_warnings():
@@ -297,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f'{where}: interrupted', file=sys.stderr); code = ExitCode.INTERRUPTED
     except Exception as e:
         if os.environ.get('MINILLM_DEBUG'): raise
-        print(f'{where}: internal error: {type(e).__name__}: {e} (this is a bug: rerun with '
-              f'MINILLM_DEBUG=1 and report the traceback)', file=sys.stderr)
+        print(f'{where}: internal error: {type(e).__name__}: {e} (this is a bug: rerun '
+              f'with MINILLM_DEBUG=1 and report the traceback)', file=sys.stderr)
         code = ExitCode.INTERNAL
     if code: remove_created_dirs()  # a failed command leaves no empty folders behind
     return int(code or 0)

@@ -4,7 +4,8 @@
 
 # %% ../nbs/01_corpus.ipynb #c296e1fa
 from __future__ import annotations
-import codecs, collections, hashlib, json, lzma, os, re, socket, time, unicodedata, warnings
+import codecs, collections, hashlib, json, lzma, os, re, socket, time, unicodedata
+import warnings
 import http.client, urllib.error, urllib.parse, urllib.request
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -12,8 +13,10 @@ from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
-from .core import (ExitCode, MinillmError, add_command, add_options, config_from_args, atomic_write, ensure_free_disk,
-                          ensure_writable_dir, package_dir, package_version, sha256_file)
+from .core import (ExitCode, MinillmError, add_command, add_options,
+                          config_from_args, atomic_write, ensure_free_disk,
+                          ensure_writable_dir, package_dir, package_version,
+                          sha256_file)
 
 # %% auto #0
 __all__ = ['CLEANING_VERSION', 'DOC_SEPARATOR', 'GUTENBERG_START', 'GUTENBERG_END', 'SMALL_PRINT_START', 'HEADER_LINES',
@@ -24,26 +27,30 @@ __all__ = ['CLEANING_VERSION', 'DOC_SEPARATOR', 'GUTENBERG_START', 'GUTENBERG_EN
            'document_stats', 'word_counts']
 
 # %% ../nbs/01_corpus.ipynb #4131423e
-CLEANING_VERSION = 1  # bump when cleaning changes, so corpora built by older code can be told apart
-DOC_SEPARATOR = '<|endoftext|>\n'  # between documents in corpus.txt; the tokenizer makes it an end-of-text token
+# bump when cleaning changes, so corpora built by older code can be told apart
+CLEANING_VERSION = 1
+# between documents in corpus.txt; the tokenizer makes it an end-of-text token
+DOC_SEPARATOR = '<|endoftext|>\n'
 
 # %% ../nbs/01_corpus.ipynb #be24c46a
 def _fail(msg: str) -> MinillmError: return MinillmError(msg, ExitCode.CORPUS)
 
 def check_text_file(path, name: str | None = None) -> None:
-    "Refuse a file that is binary, an HTML page, or empty: what a failed download often leaves."
+    "Refuse a binary file, an HTML page or an empty file: what failed downloads leave."
     with _open_bytes(path) as f: check_text_head(f.read(8192), name or str(path))
 
 def check_text_head(head: bytes, name: str) -> None:
-    "Refuse text whose first bytes (up to 8 kB) show a binary file, an HTML page, or nothing at all."
+    "Refuse text whose first bytes (8 kB) show a binary file, an HTML page, or nothing."
     controls = sum(b < 32 and b not in (9, 10, 12, 13) for b in head)
     if b'\x00' in head or controls > len(head) // 20:
         raise _fail(f'{name} is a binary file, not text; give a plain-text (.txt) book')
     start = head.lstrip(b'\xef\xbb\xbf \t\r\n')[:200].lower()
     if start.startswith((b'<!doctype html', b'<html')) or b'<html' in start:
-        raise _fail(f'{name} is an HTML page, not plain text; use the plain-text (.txt) file of the book')
+        raise _fail(f'{name} is an HTML page, not plain text; '
+                    f'use the plain-text (.txt) file of the book')
     if not head.strip():
-        raise _fail(f'{name} is empty or only whitespace; download it again or choose another book')
+        raise _fail(f'{name} is empty or only whitespace; '
+                    f'download it again or choose another book')
 
 def _open_bytes(path):
     "Open a file for binary reading, decompressing `.xz` files on the fly."
@@ -51,7 +58,7 @@ def _open_bytes(path):
 
 # %% ../nbs/01_corpus.ipynb #0912965a
 def detect_encoding(path, chunk: int = 1 << 20) -> str:
-    "'utf-8' if the whole file is valid UTF-8, else 'latin-1' (with a warning naming the file)."
+    "'utf-8' if the whole file is valid UTF-8, else 'latin-1' (with a warning)."
     dec = codecs.getincrementaldecoder('utf-8')()
     try:
         with _open_bytes(path) as f:
@@ -73,32 +80,40 @@ SMALL_PRINT_START = re.compile(r'^\s*\*+\s*START\*+\s*THE SMALL PRINT', re.I)
 @dataclass
 class CleanStats:
     "What cleaning one document removed or changed."
-    header_lines: int = 0      # Project Gutenberg header, up to and including the start marker
-    footer_lines: int = 0      # from the end marker to the end of the file (the licence)
+    # Project Gutenberg header, up to and including the start marker
+    header_lines: int = 0
+    footer_lines: int = 0  # from the end marker to the end of the file (the licence)
     bom: int = 0               # byte-order marks removed
-    control_chars: int = 0     # control characters removed (a DOS end-of-file ^Z, form feeds)
+    # control characters removed (a DOS end-of-file ^Z, form feeds)
+    control_chars: int = 0
     crlf_lines: int = 0        # lines that ended in \r\n (or a lone \r) instead of \n
-    blank_lines: int = 0       # blank lines dropped (runs collapsed to one; at the start and end)
+    # blank lines dropped (runs collapsed to one; at the start and end)
+    blank_lines: int = 0
     trailing_space: int = 0    # lines that lost trailing spaces or tabs
     nfc_lines: int = 0         # lines changed by Unicode NFC normalisation
     lines_out: int = 0         # lines in the cleaned document
 
     def add(self, other: CleanStats) -> CleanStats:
-        for f in fields(self): setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         return self
 
 # %% ../nbs/01_corpus.ipynb #7bf7d6ab
-HEADER_LINES = 1000  # a start marker later than this is not looked for (real headers are < 400 lines)
+# a start marker later than this is not looked for (real headers are < 400 lines)
+HEADER_LINES = 1000
 
-def strip_gutenberg(lines: Iterable[str], stats: CleanStats | None = None) -> Iterator[str]:
+def strip_gutenberg(lines: Iterable[str],
+                    stats: CleanStats | None = None) -> Iterator[str]:
     "Drop the Project Gutenberg header and licence footer from a stream of lines."
     stats = stats if stats is not None else CleanStats()
     lines, held = iter(lines), []
     for line in lines:
         if GUTENBERG_START.match(line):
             stats.header_lines += len(held) + 1; held = []; break
-        if GUTENBERG_END.match(line) or (SMALL_PRINT_START.match(line) and len(held) > 50):
-            stats.footer_lines += 1 + sum(1 for _ in lines); break  # no start marker: the end came first
+        small_print = SMALL_PRINT_START.match(line) and len(held) > 50
+        if GUTENBERG_END.match(line) or small_print:
+            # no start marker: the end came first
+            stats.footer_lines += 1 + sum(1 for _ in lines); break
         held.append(line)
         if len(held) >= HEADER_LINES: break
     yield from held
@@ -108,19 +123,24 @@ def strip_gutenberg(lines: Iterable[str], stats: CleanStats | None = None) -> It
         yield line
 
 # %% ../nbs/01_corpus.ipynb #1e6eee89
-_CONTROL = re.compile('[\x00-\x08\x0b-\x1f\x7f]')  # control characters other than tab and line end
+# control characters other than tab and line end
+_CONTROL = re.compile('[\x00-\x08\x0b-\x1f\x7f]')
 
-def normalize_lines(lines: Iterable[str], stats: CleanStats | None = None) -> Iterator[str]:
-    "Remove BOMs and line-end characters, NFC-normalise, trim trailing space, collapse blank-line runs."
+def normalize_lines(lines: Iterable[str],
+                    stats: CleanStats | None = None) -> Iterator[str]:
+    "Drop BOMs and line ends, NFC-normalise, trim trailing space, collapse blank lines."
     stats = stats if stats is not None else CleanStats()
     pending_blank, started = False, False
     for raw in lines:
         line = raw.rstrip('\r\n')
         if raw.endswith('\r\n') or raw.endswith('\r'): stats.crlf_lines += 1
-        if '\ufeff' in line: stats.bom += line.count('\ufeff'); line = line.replace('\ufeff', '')
+        if '\ufeff' in line:
+            stats.bom += line.count('\ufeff'); line = line.replace('\ufeff', '')
         line, n = _CONTROL.subn('', line); stats.control_chars += n
-        line = line.replace(DOC_SEPARATOR.strip(), '')  # a separator inside a book would split it
-        if (stripped := line.rstrip()) != line: stats.trailing_space += 1; line = stripped
+        # a separator inside a book would split it
+        line = line.replace(DOC_SEPARATOR.strip(), '')
+        if (stripped := line.rstrip()) != line:
+            stats.trailing_space += 1; line = stripped
         if not unicodedata.is_normalized('NFC', line):
             stats.nfc_lines += 1; line = unicodedata.normalize('NFC', line)
         if not line:
@@ -132,17 +152,19 @@ def normalize_lines(lines: Iterable[str], stats: CleanStats | None = None) -> It
     if pending_blank: stats.blank_lines += 1
 
 # %% ../nbs/01_corpus.ipynb #d28be0b8
-def clean_lines(path, stats: CleanStats | None = None, name: str | None = None) -> Iterator[str]:
-    "Stream the cleaned lines (without line ends) of a text file, `.xz` compressed or not."
+def clean_lines(path, stats: CleanStats | None = None,
+                name: str | None = None) -> Iterator[str]:
+    "Stream the cleaned lines (no line ends) of a text file, `.xz` compressed or not."
     check_text_file(path, name)
     encoding = detect_encoding(path)
-    with (lzma.open(path, 'rt', encoding=encoding, newline='') if str(path).endswith('.xz')
-          else open(path, encoding=encoding, newline='')) as f:
+    opener = lzma.open if str(path).endswith('.xz') else open
+    with opener(path, 'rt', encoding=encoding, newline='') as f:
         yield from normalize_lines(strip_gutenberg(f, stats), stats)
 
 def clean_text(text: str, stats: CleanStats | None = None) -> str:
     "Clean a string the way `clean_lines` cleans a file (for examples and tests)."
-    out = '\n'.join(normalize_lines(strip_gutenberg(text.splitlines(keepends=True), stats), stats))
+    lines = strip_gutenberg(text.splitlines(keepends=True), stats)
+    out = '\n'.join(normalize_lines(lines, stats))
     return out + '\n' if out else ''
 
 # %% ../nbs/01_corpus.ipynb #fcde504b
@@ -156,15 +178,28 @@ def _boundaries(f, lo: int, hi: int, sep: bytes, chunk: int = 1 << 16) -> Iterat
             i = block.find(sep, i + 1)
 
 def _paragraph_cut(f, start: int, end: int, target: int, slack: int) -> int:
-    "Where validation starts: the first paragraph at or after `target`, else the last one after `target - slack`."
+    "Where validation starts: the first paragraph at or after `target`, else the last"
+    "one after `target - slack`."
     after = next(_boundaries(f, target, end, b'\n\n'), None)
-    if after is None: after = max(_boundaries(f, max(start + 1, target - slack), target, b'\n\n'), default=None)
-    if after is None: after = next(_boundaries(f, target, end, b'\n'), end)  # no paragraphs: a line
+    if after is None:
+        before = _boundaries(f, max(start + 1, target - slack), target, b'\n\n')
+        after = max(before, default=None)
+    # no paragraphs: a line
+    if after is None: after = next(_boundaries(f, target, end, b'\n'), end)
     return after
 
+def _add_split(f, entries: list[dict], val_fraction: float) -> None:
+    "Give each entry its `train` and `val` byte ranges: the tail `val_fraction` is val."
+    for e in entries:
+        start, end = e.pop('span')
+        size = int((end - start) * val_fraction)
+        cut = _paragraph_cut(f, start, end, end - size, slack=size) if size else end
+        e['train'], e['val'] = [start, cut], [cut, end]
+
 # %% ../nbs/01_corpus.ipynb #c2de81d2
-def write_corpus(out_dir, docs: list[tuple[dict, Path]], val_fraction: float = 0.1) -> Path:
-    "Clean `docs` ((metadata, path) pairs) into `out_dir/corpus.txt` and `manifest.json`."
+def write_corpus(out_dir, docs: list[tuple[dict, Path]],
+                 val_fraction: float = 0.1) -> Path:
+    "Clean `docs` ((metadata, path) pairs) into corpus.txt and manifest.json."
     out, entries, h = Path(out_dir), [], hashlib.sha256()
     with atomic_write(out/'corpus.txt', 'wb') as f:
         for i, (meta, path) in enumerate(docs):
@@ -173,25 +208,21 @@ def write_corpus(out_dir, docs: list[tuple[dict, Path]], val_fraction: float = 0
             for line in clean_lines(path, stats, name=meta.get('title') or str(path)):
                 b = (line + '\n').encode(); f.write(b); h.update(b); dh.update(b)
             if (end := f.tell()) == start:
-                raise _fail(f'{meta.get("title") or path} is empty after cleaning (nothing between the '
-                            f'Project Gutenberg header and licence); choose another book')
-            entries.append({**meta, 'bytes': end - start, 'sha256': dh.hexdigest(), 'span': (start, end),
-                            'cleaning': asdict(stats)})
-        f.flush(); total = f.tell()  # before the split: its reads move the shared file offset
-        with open(f.fileno(), 'rb', closefd=False) as r: _add_split(r, entries, val_fraction)
+                raise _fail(f'{meta.get("title") or path} is empty after cleaning '
+                            f'(nothing between the Project Gutenberg header and '
+                            f'licence); choose another book')
+            entries.append({**meta, 'bytes': end - start, 'sha256': dh.hexdigest(),
+                            'span': (start, end), 'cleaning': asdict(stats)})
+        # before the split: its reads move the shared file offset
+        f.flush(); total = f.tell()
+        with open(f.fileno(), 'rb', closefd=False) as r:
+            _add_split(r, entries, val_fraction)
         manifest = {'cleaning_version': CLEANING_VERSION, 'val_fraction': val_fraction,
-                    'split': 'tail-per-document', 'separator': DOC_SEPARATOR, 'sha256': h.hexdigest(),
-                    'bytes': total, 'documents': entries}
-        with atomic_write(out/'manifest.json') as m: json.dump(manifest, m, indent=1, ensure_ascii=False)
+                    'split': 'tail-per-document', 'separator': DOC_SEPARATOR,
+                    'sha256': h.hexdigest(), 'bytes': total, 'documents': entries}
+        with atomic_write(out/'manifest.json') as m:
+            json.dump(manifest, m, indent=1, ensure_ascii=False)
     return out/'corpus.txt'
-
-def _add_split(f, entries: list[dict], val_fraction: float) -> None:
-    "Give each entry its `train` and `val` byte ranges: the tail `val_fraction`, cut at a paragraph."
-    for e in entries:
-        start, end = e.pop('span')
-        size = int((end - start) * val_fraction)
-        cut = _paragraph_cut(f, start, end, end - size, slack=size) if size else end
-        e['train'], e['val'] = [start, cut], [cut, end]
 
 # %% ../nbs/01_corpus.ipynb #56a39769
 def read_manifest(corpus_dir) -> dict:
@@ -199,29 +230,36 @@ def read_manifest(corpus_dir) -> dict:
     path = Path(corpus_dir)/'manifest.json'
     try: return json.loads(path.read_text(encoding='utf-8'))
     except FileNotFoundError:
-        raise MinillmError(f'no corpus in {corpus_dir}: {path.name} is missing; build one with '
-                           f'`minillm corpus --out {corpus_dir}`', ExitCode.USAGE) from None
+        raise MinillmError(f'no corpus in {corpus_dir}: {path.name} is missing; '
+                           f'build one with `minillm corpus --out {corpus_dir}`',
+                           ExitCode.USAGE) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise _fail(f'{path} is damaged ({e}); rebuild the corpus with `minillm corpus --out {corpus_dir}`') from None
+        raise _fail(f'{path} is damaged ({e}); rebuild the corpus with '
+                    f'`minillm corpus --out {corpus_dir}`') from None
 
 def iter_documents(corpus_dir, split: str = 'train') -> Iterator[str]:
-    "Yield each document's text from `corpus_dir`: its 'train' part, its 'val' part, or 'all' of it."
+    "Each document's text in `corpus_dir`: its 'train' part, its 'val' part, or 'all'."
     if split not in ('train', 'val', 'all'):
-        raise MinillmError(f"unknown split {split!r}: use 'train', 'val' or 'all'", ExitCode.USAGE)
+        raise MinillmError(f"unknown split {split!r}: use 'train', 'val' or 'all'",
+                           ExitCode.USAGE)
     docs = read_manifest(corpus_dir)['documents']
     with open(Path(corpus_dir)/'corpus.txt', 'rb') as f:
         for d in docs:
-            start, end = {'train': d['train'], 'val': d['val'], 'all': (d['train'][0], d['val'][1])}[split]
+            whole = (d['train'][0], d['val'][1])
+            start, end = {'train': d['train'], 'val': d['val'], 'all': whole}[split]
             if end > start: f.seek(start); yield f.read(end - start).decode('utf-8')
 
 # %% ../nbs/01_corpus.ipynb #88728735
 BUNDLED_DIR = package_dir()/'data'
 
 def bundled_documents(data_dir=BUNDLED_DIR) -> list[tuple[dict, Path]]:
-    "The bundled books as (metadata, path) pairs, each checked against its recorded SHA-256."
-    try: listing = json.loads((Path(data_dir)/'manifest.json').read_text(encoding='utf-8'))['documents']
+    "The bundled books as (metadata, path) pairs, each checked against its SHA-256."
+    try:
+        listing = (Path(data_dir)/'manifest.json').read_text(encoding='utf-8')
+        listing = json.loads(listing)['documents']
     except (OSError, ValueError, KeyError) as e:
-        raise _fail(f'the bundled corpus in {data_dir} is missing or damaged ({e}); reinstall minillm') from None
+        raise _fail(f'the bundled corpus in {data_dir} is missing or damaged ({e}); '
+                    f'reinstall minillm') from None
     docs = []
     for d in listing:
         path = Path(data_dir)/d['file']
@@ -229,8 +267,10 @@ def bundled_documents(data_dir=BUNDLED_DIR) -> list[tuple[dict, Path]]:
         with _open_bytes(path) as f:
             while b := f.read(1 << 20): h.update(b)
         if h.hexdigest() != d['sha256']:
-            raise _fail(f'bundled book {d["file"]} does not match its SHA-256; reinstall minillm')
-        docs.append(({k: d[k] for k in ('title', 'author', 'gutenberg_id', 'source')}, path))
+            raise _fail(f'bundled book {d["file"]} does not match its SHA-256; '
+                        f'reinstall minillm')
+        keys = ('title', 'author', 'gutenberg_id', 'source')
+        docs.append(({k: d[k] for k in keys}, path))
     return docs
 
 # %% ../nbs/01_corpus.ipynb #fd2747da
@@ -238,91 +278,122 @@ GUTENBERG = 'https://www.gutenberg.org'
 URL_FORMS = ('cache/epub/{n}/pg{n}.txt', 'files/{n}/{n}-0.txt', 'files/{n}/{n}.txt')
 USER_AGENT = f'minillm/{package_version()} (educational; a handful of books per run)'
 
-class _Retry(Exception): "A failure worth retrying: a 5xx answer, a timeout, a broken connection or a short body."
+class _Retry(Exception):
+    "Worth retrying: a 5xx answer, a timeout, a broken connection, a short body."
 
 def _mib(n: int) -> str: return f'{n / 2**20:.1f} MiB'
 
 # %% ../nbs/01_corpus.ipynb #1249520a
 def check_mirror(url: str) -> str:
-    "Return `url` if it is an http(s) URL with a host; refuse `file://`, `ftp://` and anything else."
+    "`url` if it is an http(s) URL with a host; refuse `file://`, `ftp://` and others."
     parts = urllib.parse.urlsplit(str(url))
     if parts.scheme.lower() not in ('http', 'https') or not parts.netloc:
-        raise MinillmError(f'mirror {url!r} is not an http(s) URL: only http:// and https:// downloads are allowed; '
+        raise MinillmError(f'mirror {url!r} is not an http(s) URL: only http:// and '
+                           f'https:// downloads are allowed; '
                            f'give one such as {GUTENBERG}', ExitCode.USAGE)
     return str(url)
 
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    "Follow a redirect only to another http(s) URL (urllib's own handler also follows one to ftp://)."
+    "Follow a redirect only to an http(s) URL (urllib's own follows one to ftp://)."
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         if urllib.parse.urlsplit(newurl).scheme.lower() not in ('http', 'https'):
-            raise _fail(f'{req.full_url} redirects to {newurl}: only http(s) downloads are allowed; use another --mirror')
+            raise _fail(f'{req.full_url} redirects to {newurl}: only http(s) '
+                        f'downloads are allowed; use another --mirror')
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 _OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
 
 # %% ../nbs/01_corpus.ipynb #aca03d80
-def _copy_body(r, f, url: str, max_bytes: int, bar, t_end: float, deadline: float) -> bytes:
-    "Copy the answer `r` into `f` under the size cap and the deadline; return its first 8 kB."
+def _copy_body(r, f, url: str, max_bytes: int, bar, t_end: float,
+               deadline: float) -> bytes:
+    "Copy the answer `r` into `f` under the size cap and deadline; return 8 kB of it."
     head = b''
-    while b := r.read1(1 << 16):  # read1: whatever has arrived, so the deadline is checked often
+    # read1: whatever has arrived, so the deadline is checked often
+    while b := r.read1(1 << 16):
         if time.monotonic() > t_end:
-            raise _fail(f'{url} sent {_mib(f.tell())} in {deadline:g} s, the limit for one file: the '
+            raise _fail(f'{url} sent {_mib(f.tell())} in {deadline:g} s, the limit '
+                        f'for one file: the '
                         f'server is too slow; try later or use another --mirror')
         if f.tell() + len(b) > max_bytes:
-            raise _fail(f'{url} is over the {_mib(max_bytes)} limit for one book; check the book number')
+            raise _fail(f'{url} is over the {_mib(max_bytes)} limit for one book; '
+                        f'check the book number')
         f.write(b); head = head if len(head) >= 8192 else (head + b)[:8192]
         if bar is not None: bar.update(len(b))
     return head
 
+def _check_headers(r, url: str, max_bytes: int, bar) -> None:
+    "Refuse an answer that is HTML or too big; add its size to the progress bar."
+    if 'html' in r.headers.get('Content-Type', ''):
+        raise _fail(f'{url} is an HTML page, not plain text; check the book '
+                    f'number or the --mirror URL')
+    if (size := int(r.headers.get('Content-Length') or 0)) > max_bytes:
+        raise _fail(f'{url} is {_mib(size)}, over the {_mib(max_bytes)} limit '
+                    f'for one book; check the book number or the --mirror URL')
+    if bar is not None and r.headers.get('Content-Length'):
+        bar.total = (bar.total or 0) + size; bar.refresh()
+
 # %% ../nbs/01_corpus.ipynb #aec801c1
-def fetch_url(url: str, dest, timeout: float = 30.0, max_bytes: int = 64 << 20, bar=None,
-              deadline: float = 600.0) -> Path:
-    "Download `url` to `dest` atomically; raise `_Retry` for 5xx and timeouts, `MinillmError` otherwise."
-    # `timeout` bounds each read; a server that trickles a byte at a time never trips it, so the
-    # whole file also gets `deadline` seconds
+def fetch_url(url: str, dest, timeout: float = 30.0, max_bytes: int = 64 << 20,
+              bar=None, deadline: float = 600.0) -> Path:
+    "Download `url` to `dest` atomically; `_Retry` if worth another try, else fail."
+    # `timeout` bounds each read; a server that trickles a byte at a time never trips
+    # it, so the whole file also gets `deadline` seconds
     t_end = time.monotonic() + deadline
-    req = urllib.request.Request(check_mirror(url), headers={'User-Agent': USER_AGENT})  # http(s) only
+    req = urllib.request.Request(check_mirror(url),  # http(s) only
+                                 headers={'User-Agent': USER_AGENT})
     try:
         with _OPENER.open(req, timeout=timeout) as r, atomic_write(dest, 'wb') as f:
-            if 'html' in r.headers.get('Content-Type', ''):
-                raise _fail(f'{url} is an HTML page, not plain text; check the book number or the --mirror URL')
-            if int(r.headers.get('Content-Length') or 0) > max_bytes:
-                raise _fail(f'{url} is {_mib(int(r.headers["Content-Length"]))}, over the {_mib(max_bytes)} '
-                            f'limit for one book; check the book number or the --mirror URL')
-            if bar is not None and r.headers.get('Content-Length'):
-                bar.total = (bar.total or 0) + int(r.headers['Content-Length']); bar.refresh()
+            _check_headers(r, url, max_bytes, bar)
             head = _copy_body(r, f, url, max_bytes, bar, t_end, deadline)
-            if (size := r.headers.get('Content-Length')) and f.tell() != int(size):  # urllib does not check
+            # urllib does not check
+            if (size := r.headers.get('Content-Length')) and f.tell() != int(size):
                 raise _Retry(f'sent a short body ({f.tell()} of {size} bytes)')
             check_text_head(head, url)
     except urllib.error.HTTPError as e:
         if e.code >= 500: raise _Retry(f'HTTP {e.code}') from None
         raise
     except (TimeoutError, socket.timeout): raise _Retry('timed out') from None
-    except (ConnectionError, http.client.HTTPException) as e: raise _Retry(f'broke the connection ({type(e).__name__})') from None
+    except (ConnectionError, http.client.HTTPException) as e:
+        raise _Retry(f'broke the connection ({type(e).__name__})') from None
     except urllib.error.URLError as e:
-        if isinstance(e.reason, (TimeoutError, socket.timeout)): raise _Retry('timed out') from None
-        raise _fail(f'cannot reach {url} ({e.reason}); check your network or the --mirror URL') from None
+        if isinstance(e.reason, (TimeoutError, socket.timeout)):
+            raise _Retry('timed out') from None
+        raise _fail(f'cannot reach {url} ({e.reason}); check your network or the '
+                    f'--mirror URL') from None
     return Path(dest)
 
 # %% ../nbs/01_corpus.ipynb #7d327db9
 def default_cache_dir() -> Path:
-    "Where downloaded books are kept: `$MINILLM_CACHE`, else `~/.cache/minillm/gutenberg`."
-    return Path(os.environ.get('MINILLM_CACHE') or Path.home()/'.cache'/'minillm'/'gutenberg')
+    "Where downloads are kept: `$MINILLM_CACHE`, else `~/.cache/minillm/gutenberg`."
+    default = Path.home()/'.cache'/'minillm'/'gutenberg'
+    return Path(os.environ.get('MINILLM_CACHE') or default)
 
 def _cached(path: Path) -> bool:
     "True if `path` and its `.sha256` sidecar exist and agree."
     side = path.with_name(path.name + '.sha256')
-    return path.exists() and side.exists() and side.read_text().strip() == sha256_file(path)
+    if not (path.exists() and side.exists()): return False
+    return side.read_text().strip() == sha256_file(path)
+
+def _remember(path: Path) -> None:
+    "Write `path`'s SHA-256 beside it, so that the next run trusts the cached copy."
+    with atomic_write(path.with_name(path.name + '.sha256')) as f:
+        f.write(sha256_file(path) + '\n')
+
+def _check_book_number(n) -> None:
+    "Refuse anything but a positive integer as a Project Gutenberg number."
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise MinillmError(f'bad book number {n!r}: a Project Gutenberg number is a '
+                           f'positive integer', ExitCode.USAGE)
 
 # %% ../nbs/01_corpus.ipynb #93d49954
-def download_book(n: int, cache_dir=None, mirror: str | None = None, timeout: float = 30.0, retries: int = 3,
-                  backoff: float = 1.0, max_bytes: int = 64 << 20, bar=None, deadline: float = 600.0) -> Path:
-    "The plain text of Project Gutenberg book `n`, from the cache or downloaded from `mirror`."
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:  # the number becomes a file name: nothing else may
-        raise MinillmError(f'bad book number {n!r}: a Project Gutenberg number is a positive integer', ExitCode.USAGE)
+def download_book(n: int, cache_dir=None, mirror: str | None = None,
+                  timeout: float = 30.0, retries: int = 3, backoff: float = 1.0,
+                  max_bytes: int = 64 << 20, bar=None, deadline: float = 600.0) -> Path:
+    "The text of Project Gutenberg book `n`, from the cache or from `mirror`."
+    _check_book_number(n)  # the number becomes a file name: nothing else may
     check_mirror(mirror or GUTENBERG)
-    cache = ensure_writable_dir(cache_dir or default_cache_dir(), 'download cache', ExitCode.CORPUS)
+    cache = ensure_writable_dir(cache_dir or default_cache_dir(), 'download cache',
+                                ExitCode.CORPUS)
     dest, base = cache/f'pg{n}.txt', (mirror or GUTENBERG).rstrip('/')
     if _cached(dest): return dest
     ensure_free_disk(cache, max_bytes, f'downloading book {n}', ExitCode.CORPUS)
@@ -332,16 +403,18 @@ def download_book(n: int, cache_dir=None, mirror: str | None = None, timeout: fl
             try: fetch_url(url, dest, timeout, max_bytes, bar, deadline)
             except urllib.error.HTTPError as e:
                 if e.code == 404: break  # not at this URL form: try the next one
-                raise _fail(f'book {n}: {url} answered HTTP {e.code} {e.reason}; try later or another --mirror') from None
+                raise _fail(f'book {n}: {url} answered HTTP {e.code} {e.reason}; '
+                            f'try later or another --mirror') from None
             except _Retry as e:
                 if attempt == retries:
-                    raise _fail(f'book {n}: {base} {e} {retries + 1} times (timeout {timeout:g}s); '
-                                f'try later or use another --mirror') from None
+                    raise _fail(f'book {n}: {base} {e} {retries + 1} times (timeout '
+                                f'{timeout:g}s); try later or use another '
+                                f'--mirror') from None
                 time.sleep(backoff * 2 ** attempt); continue
-            with atomic_write(dest.with_name(dest.name + '.sha256')) as f: f.write(sha256_file(dest) + '\n')
+            _remember(dest)
             return dest
-    raise _fail(f'book {n} not found on {base} (HTTP 404 for all {len(URL_FORMS)} URL forms); '
-                f'check the number at {GUTENBERG}/ebooks/{n}')
+    raise _fail(f'book {n} not found on {base} (HTTP 404 for all {len(URL_FORMS)} URL '
+                f'forms); check the number at {GUTENBERG}/ebooks/{n}')
 
 # %% ../nbs/01_corpus.ipynb #b47699b8
 def _size(path) -> int:
@@ -352,48 +425,70 @@ def _size(path) -> int:
 
 def _gutenberg_header(path) -> dict:
     "The `Title:` and `Author:` of a Gutenberg header, where the first 16 kB have them."
-    with open(path, 'rb') as f: head = f.read(1 << 14).decode('utf-8', 'replace').replace('\ufeff', '')
-    found = {k.lower(): v.strip() for k, v in re.findall(r'^\s*(Title|Author):\s*(.+)$', head, re.M | re.I)}
+    with open(path, 'rb') as f:
+        head = f.read(1 << 14).decode('utf-8', 'replace').replace('\ufeff', '')
+    pairs = re.findall(r'^\s*(Title|Author):\s*(.+)$', head, re.M | re.I)
+    found = {k.lower(): v.strip() for k, v in pairs}
     return {'title': found.get('title'), 'author': found.get('author')}
+
+def _downloaded(books, mirror, cache_dir, timeout, retries, backoff, progress) -> list:
+    "(metadata, path) pairs of Gutenberg `books`, downloaded under one progress bar."
+    docs, site = [], (mirror or GUTENBERG).rstrip('/')
+    with tqdm(unit='B', unit_scale=True, unit_divisor=1024, desc='download',
+              disable=not progress) as bar:
+        for n in books:
+            path = download_book(n, cache_dir, mirror, timeout, retries, backoff,
+                                 bar=bar)
+            head = _gutenberg_header(path)
+            docs.append(({'title': head['title'] or f'Project Gutenberg #{n}',
+                          'author': head['author'], 'gutenberg_id': n,
+                          'source': f'{site}, book {n}'}, path))
+    return docs
 
 # %% ../nbs/01_corpus.ipynb #944ed423
 def text_files(paths: Iterable) -> list[Path]:
-    "The books that `paths` name: each file as given, and every `.txt` file inside a folder (sorted, subfolders too)."
+    "The books `paths` name: each file, and every `.txt` in a folder (and subfolders)."
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob('*.txt') if f.is_file() and not f.name.startswith('.'))
-            if not found: raise MinillmError(f'--files: the folder {p} holds no .txt file; put plain-text books '
-                                             f'(.txt) in it or name the files', ExitCode.USAGE)
+            found = sorted(f for f in p.rglob('*.txt')
+                           if f.is_file() and not f.name.startswith('.'))
+            if not found:
+                raise MinillmError(f'--files: the folder {p} holds no .txt file; put '
+                                   f'plain-text books (.txt) in it or name the files',
+                                   ExitCode.USAGE)
             out += found
         elif p.is_file(): out.append(p)
-        else: raise MinillmError(f'--files: {p} is neither a file nor a folder; give paths of plain-text books '
+        else: raise MinillmError(f'--files: {p} is neither a file nor a folder; give '
+                                 f'paths of plain-text books '
                                  f'or of folders of them', ExitCode.USAGE)
     return out
 
 # %% ../nbs/01_corpus.ipynb #31669c12
-def build_corpus(out_dir, books: Iterable[int] | None = None, mirror: str | None = None, cache_dir=None,
-                 files: Iterable | None = None, val_fraction: float = 0.1, timeout: float = 30.0,
-                 retries: int = 3, backoff: float = 1.0, progress: bool = True) -> Path:
-    "Build `out_dir/corpus.txt` and `manifest.json` from Gutenberg `books`, local `files` (or folders), or the bundled corpus."
-    if not 0 <= val_fraction < 1: raise MinillmError(f'--val-fraction must be in [0, 1), not {val_fraction}')
-    if timeout <= 0 or retries < 0: raise MinillmError('--timeout must be > 0 and --retries >= 0')
+def build_corpus(out_dir, books: Iterable[int] | None = None, mirror: str | None = None,
+                 cache_dir=None, files: Iterable | None = None,
+                 val_fraction: float = 0.1, timeout: float = 30.0, retries: int = 3,
+                 backoff: float = 1.0, progress: bool = True) -> Path:
+    "Build a corpus in `out_dir` from Gutenberg `books`, your `files`, or the bundled."
+    if not 0 <= val_fraction < 1:
+        raise MinillmError(f'--val-fraction must be in [0, 1), not {val_fraction}')
+    if timeout <= 0 or retries < 0:
+        raise MinillmError('--timeout must be > 0 and --retries >= 0')
     if books and mirror: check_mirror(mirror)
-    files = text_files(files or ())                 # your own books: read here, never sent anywhere
+    files = text_files(files or ())  # your own books: read here, never sent anywhere
     out = ensure_writable_dir(out_dir, 'corpus output directory', ExitCode.CORPUS)
-    docs = [({'title': p.name, 'author': None, 'gutenberg_id': None, 'source': str(p.resolve())}, p) for p in files]
-    if books:
-        with tqdm(unit='B', unit_scale=True, unit_divisor=1024, desc='download', disable=not progress) as bar:
-            for n in books:
-                path = download_book(n, cache_dir, mirror, timeout, retries, backoff, bar=bar)
-                head = _gutenberg_header(path)
-                docs.append(({'title': head['title'] or f'Project Gutenberg #{n}', 'author': head['author'],
-                              'gutenberg_id': n, 'source': f'{(mirror or GUTENBERG).rstrip("/")}, book {n}'}, path))
+    docs = [({'title': p.name, 'author': None, 'gutenberg_id': None,
+              'source': str(p.resolve())}, p) for p in files]
+    if books: docs += _downloaded(books, mirror, cache_dir, timeout, retries, backoff,
+                                  progress)
     if not docs: docs = bundled_documents()
-    ensure_free_disk(out, 2 * sum(_size(p) for _, p in docs) + (1 << 20), 'the corpus', ExitCode.CORPUS)
+    need = 2 * sum(_size(p) for _, p in docs) + (1 << 20)
+    ensure_free_disk(out, need, 'the corpus', ExitCode.CORPUS)
     try: return write_corpus(out, docs, val_fraction)
-    except OSError as e:  # a disk that fills up while writing, a file that vanished: the old corpus is intact
-        raise _fail(f'writing the corpus in {out} failed ({e.strerror or e}); free some space or write elsewhere') from None
+    # a disk that fills up while writing, a file that vanished: the old corpus is intact
+    except OSError as e:
+        raise _fail(f'writing the corpus in {out} failed ({e.strerror or e}); free '
+                    f'some space or write elsewhere') from None
 
 # %% ../nbs/01_corpus.ipynb #cfee716d
 def parse_books(text: str) -> list[int]:
@@ -401,7 +496,8 @@ def parse_books(text: str) -> list[int]:
     try: ids = [int(t) for t in str(text).replace(' ', '').split(',') if t]
     except ValueError: ids = []
     if not ids or min(ids) < 1:
-        raise MinillmError(f'bad --books value {text!r}: use comma-separated Project Gutenberg numbers, '
+        raise MinillmError(f'bad --books value {text!r}: use comma-separated Project '
+                           f'Gutenberg numbers, '
                            f'for example 1342,11,84', ExitCode.USAGE)
     return ids
 
@@ -410,10 +506,15 @@ def parse_books(text: str) -> list[int]:
 class CorpusConfig:
     "One `minillm corpus` run; each field is a command-line option."
     out_dir: str = ''                # output directory for corpus.txt and manifest.json
-    books: str | None = None         # comma-separated Project Gutenberg numbers (default: the bundled corpus)
-    files: list[str] | None = None   # your own plain-text books: .txt files, or folders of them (read locally, never sent anywhere)
-    mirror: str | None = None        # Project Gutenberg mirror or local server (default: https://www.gutenberg.org)
-    cache: str | None = None         # download cache (default: $MINILLM_CACHE or ~/.cache/minillm/gutenberg)
+    # comma-separated Project Gutenberg numbers (default: the bundled corpus)
+    books: str | None = None
+    # your own plain-text books: .txt files, or folders of them (read locally, never
+    # sent anywhere)
+    files: list[str] | None = None
+    # Project Gutenberg mirror or local server (default: https://www.gutenberg.org)
+    mirror: str | None = None
+    # download cache (default: $MINILLM_CACHE or ~/.cache/minillm/gutenberg)
+    cache: str | None = None
     val_fraction: float = 0.1        # tail of each document held out for validation
     timeout: float = 30.0            # seconds to connect and per read
     retries: int = 3                 # retries after a 5xx answer or a timeout
@@ -423,35 +524,43 @@ class CorpusConfig:
 def _corpus_command(args) -> int:
     cfg = config_from_args(CorpusConfig, args)
     books = parse_books(cfg.books) if cfg.books is not None else None
-    path = build_corpus(cfg.out_dir, books, cfg.mirror, cfg.cache, files=cfg.files, val_fraction=cfg.val_fraction,
-                        timeout=cfg.timeout, retries=cfg.retries, progress=cfg.progress)
+    path = build_corpus(cfg.out_dir, books, cfg.mirror, cfg.cache, files=cfg.files,
+                        val_fraction=cfg.val_fraction, timeout=cfg.timeout,
+                        retries=cfg.retries, progress=cfg.progress)
     m = read_manifest(path.parent)
     val = sum(e - s for s, e in (d['val'] for d in m['documents']))
-    print(f'wrote {path}: {len(m["documents"])} documents, {m["bytes"] / 2**20:.2f} MiB '
-          f'({val / 2**20:.2f} MiB held out for validation), manifest in {path.parent/"manifest.json"}')
+    print(f'wrote {path}: {len(m["documents"])} documents, {m["bytes"] / 2**20:.2f} '
+          f'MiB ({val / 2**20:.2f} MiB held out for validation), manifest in '
+          f'{path.parent/"manifest.json"}')
     return ExitCode.OK
 
 def add_cli(subparsers) -> None:
     "Register `minillm corpus`: an option per `CorpusConfig` field."
     p = add_command(subparsers, 'corpus', _corpus_command,
-                    'build a clean corpus: the bundled books (offline), your own .txt files, or Project Gutenberg books by number',
-                    ['minillm corpus --out runs/corpus', 'minillm corpus --books 1342,11,84 --out runs/gutenberg',
+                    'build a clean corpus: the bundled books (offline), your own .txt '
+                    'files, or Project Gutenberg books by number',
+                    ['minillm corpus --out runs/corpus',
+                     'minillm corpus --books 1342,11,84 --out runs/gutenberg',
                      'minillm corpus --files my_books/ --out runs/mine',
-                     'minillm corpus --books 1342 --mirror http://127.0.0.1:8000 --out /tmp/corpus'])
-    add_options(p, CorpusConfig, flags={'out_dir': '--out', 'progress': '--quiet'}, out_dir=dict(required=True),
-                files=dict(nargs='+', metavar='PATH'))
+                     'minillm corpus --books 1342 --mirror http://127.0.0.1:8000 '
+                     '--out /tmp/corpus'])
+    add_options(p, CorpusConfig, flags={'out_dir': '--out', 'progress': '--quiet'},
+                out_dir=dict(required=True), files=dict(nargs='+', metavar='PATH'))
 
 # %% ../nbs/01_corpus.ipynb #3c092f55
-WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")  # letters, with apostrophes inside: o'er, thou'rt
+# letters, with apostrophes inside: o'er, thou'rt
+WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
 
 def document_stats(corpus_dir, split: str = 'all') -> list[dict]:
     "Characters, words, lines and bytes of each document of a corpus."
     docs = read_manifest(corpus_dir)['documents']
-    return [{'title': d['title'], 'chars': len(t), 'words': len(WORD.findall(t)), 'lines': t.count('\n'),
-             'bytes': len(t.encode())} for d, t in zip(docs, iter_documents(corpus_dir, split))]
+    return [{'title': d['title'], 'chars': len(t), 'words': len(WORD.findall(t)),
+             'lines': t.count('\n'), 'bytes': len(t.encode())}
+            for d, t in zip(docs, iter_documents(corpus_dir, split))]
 
 def word_counts(corpus_dir, split: str = 'all') -> collections.Counter:
     "How often each (lower-cased) word occurs in a corpus."
     counts = collections.Counter()
-    for text in iter_documents(corpus_dir, split): counts.update(w.lower() for w in WORD.findall(text))
+    for text in iter_documents(corpus_dir, split):
+        counts.update(w.lower() for w in WORD.findall(text))
     return counts

@@ -12,10 +12,10 @@ __all__ = ['count_ngrams', 'lookup', 'discount', 'Level', 'KneserNey', 'token_bi
 
 # %% ../nbs/03_ngram.ipynb #3e62761b
 def count_ngrams(ids, n: int, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
-    "Every distinct n-gram of `ids` as one integer (base `vocab_size`), sorted, and its count."
+    "Each distinct n-gram of `ids` as a number (base `vocab_size`), sorted; its count."
     ids = np.asarray(ids, dtype=np.int64)
     keys = np.zeros(len(ids) - n + 1, dtype=np.int64)
-    for i in range(n):                      # shift in one token at a time: a V^2 + b V + c
+    for i in range(n):  # shift in one token at a time: a V^2 + b V + c
         keys = keys * vocab_size + ids[i:len(ids) - n + 1 + i]
     return np.unique(keys, return_counts=True)
 
@@ -28,27 +28,27 @@ def lookup(keys: np.ndarray, values: np.ndarray, query) -> np.ndarray:
 def discount(counts: np.ndarray) -> float:
     "Kneser-Ney's absolute discount from the counts of counts: n1 / (n1 + 2 n2)."
     n1, n2 = np.sum(counts == 1), np.sum(counts == 2)
-    return float(n1 / (n1 + 2 * n2)) if n1 and n2 else 0.75   # tiny texts: a usual value
+    return float(n1 / (n1 + 2 * n2)) if n1 and n2 else 0.75  # tiny texts: a usual value
 
 # %% ../nbs/03_ngram.ipynb #c2c2fb88
 class Level:
-    "One order of a Kneser-Ney model: n-gram counts, and each context's total and variety."
+    "One order of a Kneser-Ney model: n-gram counts, each context's total and variety."
     def __init__(self, keys: np.ndarray, counts: np.ndarray, vocab_size: int):
         self.keys, self.counts, self.V = keys, counts.astype(np.float64), vocab_size
         self.D = discount(counts)
-        contexts = keys // vocab_size                      # an n-gram without its last token
+        contexts = keys // vocab_size  # an n-gram without its last token
         self.ctx, first = np.unique(contexts, return_index=True)
         self.ctx_total = np.add.reduceat(self.counts, first)              # N(a b .)
         self.ctx_types = np.diff(np.append(first, len(keys))).astype(float)  # T(a b .)
 
     def prob(self, ctx, token, lower):
-        "P(token | ctx) for arrays of contexts and tokens, given the lower order's `lower`."
+        "P(token | ctx) for arrays of contexts and tokens, given the lower order."
         seen = lookup(self.keys, self.counts, ctx * self.V + token)
         total = lookup(self.ctx, self.ctx_total, ctx)
         types = lookup(self.ctx, self.ctx_types, ctx)
         t = np.where(total > 0, total, 1.0)
         kept = np.maximum(seen - self.D, 0) / t + self.D * types / t * lower
-        return np.where(total > 0, kept, lower)            # an unseen context: the lower order
+        return np.where(total > 0, kept, lower)  # an unseen context: the lower order
 
 # %% ../nbs/03_ngram.ipynb #5b3ef088
 class KneserNey:
@@ -57,16 +57,16 @@ class KneserNey:
         ids, V = np.asarray(train_ids, dtype=np.int64), vocab_size
         self.V, self.order, self.levels = V, order, []
         keys, counts = count_ngrams(ids, order, V)
-        for n in range(order, 1, -1):        # real counts on top, continuation counts below
+        for n in range(order, 1, -1):  # real counts on top, continuation counts below
             self.levels.append(Level(keys, counts, V))
             keys, counts = np.unique(keys % V ** (n - 1), return_counts=True)
         uni = (np.bincount(keys, weights=counts, minlength=V) if order > 1
                else np.bincount(ids, minlength=V))[:V]
-        self.unigram = (uni + 1) / (uni.sum() + V)           # add-one: no token is impossible
+        self.unigram = (uni + 1) / (uni.sum() + V)  # add-one: no token is impossible
 
 # %% ../nbs/03_ngram.ipynb #5a39e690
 def _contexts(ids: np.ndarray, k: int, V: int) -> tuple[np.ndarray, np.ndarray]:
-    "For each token of ids[1:], its k previous tokens as one key, and whether all k exist."
+    "For each token of ids[1:], its k previous tokens as one key; whether all k exist."
     ctx, has = np.zeros(len(ids) - 1, dtype=np.int64), np.ones(len(ids) - 1, bool)
     for j in range(k, 0, -1):
         prev = np.concatenate([np.full(j - 1, -1), ids[:len(ids) - j]])
@@ -87,9 +87,9 @@ KneserNey.token_bits = token_bits
 # %% ../nbs/03_ngram.ipynb #8ef803fa
 def baseline_bpb(train_ids, val_ids, val_bytes: int, vocab_size: int,
                  orders=(1, 2, 3)) -> dict[int, float]:
-    "Bits per byte of Kneser-Ney models of each order, fitted on `train_ids`, on `val_ids`."
-    return {n: float(KneserNey(train_ids, vocab_size, n).token_bits(val_ids).sum() / val_bytes)
-            for n in orders}
+    "Bits per byte on `val_ids` of Kneser-Ney models of each order, fit on `train_ids`."
+    def bits(n): return KneserNey(train_ids, vocab_size, n).token_bits(val_ids).sum()
+    return {n: float(bits(n) / val_bytes) for n in orders}
 
 # %% ../nbs/03_ngram.ipynb #c6e17231
 def next_distribution(self: KneserNey, history) -> np.ndarray:
@@ -107,5 +107,6 @@ KneserNey.next_distribution = next_distribution
 def sample_tokens(model: KneserNey, history, n: int, seed: int = 0) -> list[int]:
     "Draw `n` tokens one by one from `model`, starting after `history`."
     rng, ids = np.random.default_rng(seed), list(history)
-    for _ in range(n): ids.append(int(rng.choice(model.V, p=model.next_distribution(ids))))
+    for _ in range(n):
+        ids.append(int(rng.choice(model.V, p=model.next_distribution(ids))))
     return ids[len(history):]

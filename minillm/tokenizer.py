@@ -15,128 +15,157 @@ from fastcore.basics import patch
 from tqdm import tqdm
 
 from .corpus import iter_documents, read_manifest
-from .core import (MinillmError, ExitCode, add_command, add_options, config_from_args, atomic_write, ensure_free_disk,
+from .core import (MinillmError, ExitCode, add_command, add_options,
+                          config_from_args, atomic_write, ensure_free_disk,
                           ensure_writable_dir, sha256_file)
 
 # %% auto #0
 __all__ = ['DEFAULT_VOCAB_SIZE', 'SPECIAL_IDS', 'USER_SYMBOLS', 'N_RESERVED', 'MAX_TRAIN_BYTES', 'MAX_LINE_CHARS', 'SPACE_SYMBOL',
-           'META_KEYS', 'corpus_manifest', 'split_bytes', 'num_threads', 'training_lines', 'check_vocab_size',
-           'train_tokenizer', 'Tokenizer', 'WordCache', 'encode_shards', 'read_meta', 'load_shard', 'check_shards',
-           'TokenizerConfig', 'add_cli']
+           'META_KEYS', 'REENCODE', 'corpus_manifest', 'split_bytes', 'num_threads', 'training_lines',
+           'check_vocab_size', 'train_tokenizer', 'Tokenizer', 'WordCache', 'encode_shards', 'read_meta', 'load_shard',
+           'check_shards', 'TokenizerConfig', 'add_cli']
 
 # %% ../nbs/02_tokenizer.ipynb #73007e60
 def corpus_manifest(corpus_dir) -> dict:
-    "The manifest of the corpus in `corpus_dir`, after checking that its text is there too."
+    "The manifest of the corpus in `corpus_dir`, after checking its text is there too."
     if not (Path(corpus_dir)/'corpus.txt').is_file():
-        raise MinillmError(f'no corpus in {corpus_dir}: corpus.txt is missing; build one with '
-                           f'`minillm corpus --out {corpus_dir}`', ExitCode.USAGE)
+        raise MinillmError(f'no corpus in {corpus_dir}: corpus.txt is missing; build '
+                           f'one with `minillm corpus --out {corpus_dir}`',
+                           ExitCode.USAGE)
     return read_manifest(corpus_dir)
 
 def split_bytes(manifest: dict, split: str) -> int:
     "UTF-8 bytes of one split ('train', 'val' or 'all') of a corpus, from its manifest."
     splits = ['train', 'val'] if split == 'all' else [split]
-    return sum(doc[s][1] - doc[s][0] for doc in manifest.get('documents', []) for s in splits)
+    docs = manifest.get('documents', [])
+    return sum(doc[s][1] - doc[s][0] for doc in docs for s in splits)
 
 # %% ../nbs/02_tokenizer.ipynb #4085611c
-DEFAULT_VOCAB_SIZE = 1024   # chosen by training the default model at the pipeline's budget (end of page)
-SPECIAL_IDS = dict(unk_id=0, bos_id=1, eos_id=2, pad_id=3)  # <unk> <s> </s> <pad>, fixed for every model
-USER_SYMBOLS = ['\n']       # a newline is one token of its own and never part of a bigger piece
-N_RESERVED = len(SPECIAL_IDS) + 256 + len(USER_SYMBOLS)  # special tokens, 256 byte pieces, newline
-MAX_TRAIN_BYTES = 100_000_000  # above this, train on a random sample of lines: at most about 0.5 GB of memory
-MAX_LINE_CHARS = 2000       # SentencePiece skips longer 'sentences', so long lines are cut at spaces
+# chosen by training the default model at the pipeline's budget (end of page)
+DEFAULT_VOCAB_SIZE = 1024
+# <unk> <s> </s> <pad>, fixed for every model
+SPECIAL_IDS = dict(unk_id=0, bos_id=1, eos_id=2, pad_id=3)
+# a newline is one token of its own and never part of a bigger piece
+USER_SYMBOLS = ['\n']
+# special tokens, 256 byte pieces, newline
+N_RESERVED = len(SPECIAL_IDS) + 256 + len(USER_SYMBOLS)
+# above this, train on a random sample of lines: at most about 0.5 GB of memory
+MAX_TRAIN_BYTES = 100_000_000
+# SentencePiece skips longer 'sentences', so long lines are cut at spaces
+MAX_LINE_CHARS = 2000
+SPACE_SYMBOL = '\u2581'  # '▁': how SentencePiece writes a space inside its pieces
 
 def num_threads() -> int:
     "The CPU cores this process may use."
-    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+    if hasattr(os, 'sched_getaffinity'): return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 # %% ../nbs/02_tokenizer.ipynb #b2c529dd
 def training_lines(corpus_dir, keep: float = 1.0, seed: int = 0):
-    "The non-empty lines of the training split, cut to at most `MAX_LINE_CHARS`; a `keep` fraction of them."
+    "A `keep` fraction of the train split's non-empty lines, cut to `MAX_LINE_CHARS`."
     rng = random.Random(seed)
     for doc in iter_documents(corpus_dir, 'train'):
         for line in doc.split('\n'):
             if not line or (keep < 1 and rng.random() >= keep): continue
             while line:  # cut a long line before a space, so no word is split
-                cut = len(line) if len(line) <= MAX_LINE_CHARS else line.rfind(' ', 1, MAX_LINE_CHARS)
+                fits = len(line) <= MAX_LINE_CHARS
+                cut = len(line) if fits else line.rfind(' ', 1, MAX_LINE_CHARS)
                 cut = cut if cut > 0 else MAX_LINE_CHARS
                 yield line[:cut]; line = line[cut:]
 
 # %% ../nbs/02_tokenizer.ipynb #4546f684
 def _spm_options(vocab_size: int, model_type: str, threads: int) -> dict:
     "SentencePiece settings for a tokenizer that round-trips any text exactly."
-    return dict(vocab_size=vocab_size, model_type=model_type, **SPECIAL_IDS, user_defined_symbols=USER_SYMBOLS,
-                byte_fallback=True,                     # unknown characters become their UTF-8 bytes, never <unk>
-                normalization_rule_name='identity',     # no Unicode normalisation: the text stays as it is
-                remove_extra_whitespaces=False, add_dummy_prefix=False,  # keep every space, add none
-                character_coverage=0.9999,              # the rarest characters are left to byte pieces
-                max_sentence_length=4 * MAX_LINE_CHARS, # bytes: a line of MAX_LINE_CHARS always fits
-                input_sentence_size=10_000_000, shuffle_input_sentence=True,  # a second memory cap
+    return dict(vocab_size=vocab_size, model_type=model_type, **SPECIAL_IDS,
+                user_defined_symbols=USER_SYMBOLS, byte_fallback=True,  # never <unk>
+                normalization_rule_name='identity',  # no Unicode normalisation
+                # keep every space
+                remove_extra_whitespaces=False, add_dummy_prefix=False,
+                character_coverage=0.9999,  # the rarest characters: byte pieces
+                max_sentence_length=4 * MAX_LINE_CHARS,  # bytes: a line always fits
+                # memory cap
+                input_sentence_size=10_000_000, shuffle_input_sentence=True,
                 num_threads=threads, minloglevel=2)
 
 def _vocab_error(e: Exception, vocab_size: int) -> MinillmError:
     "Turn SentencePiece's complaint about a vocabulary size into a one-line message."
     msg = str(e)
     if m := re.search(r'value <= (\d+)', msg):
-        return MinillmError(f'vocabulary size {vocab_size} is too large for this corpus: at most {m[1]} distinct '
-                            f'pieces can be learned from it; use --vocab-size {m[1]} or less, or a bigger corpus', ExitCode.TOKENIZER)
+        return MinillmError(f'vocabulary size {vocab_size} is too large for this '
+                            f'corpus: at most {m[1]} distinct pieces can be learned '
+                            f'from it; use --vocab-size {m[1]} or less, or a bigger '
+                            f'corpus',
+                            ExitCode.TOKENIZER)
     if m := re.search(r'(\d+) vs (\d+)', msg):
-        return MinillmError(f'vocabulary size {vocab_size} is too small for this corpus: it needs at least {m[2]} '
-                            f'pieces for its characters and the reserved tokens; use --vocab-size {m[2]} or more', ExitCode.TOKENIZER)
-    return MinillmError(f'training the tokenizer failed: {msg.splitlines()[-1] if msg else e!r}', ExitCode.TOKENIZER)
+        return MinillmError(f'vocabulary size {vocab_size} is too small for this '
+                            f'corpus: it needs at least {m[2]} pieces for its '
+                            f'characters and the reserved tokens; use --vocab-size '
+                            f'{m[2]} or more',
+                            ExitCode.TOKENIZER)
+    last = msg.splitlines()[-1] if msg else e
+    return MinillmError(f'training the tokenizer failed: {last!r}', ExitCode.TOKENIZER)
 
 # %% ../nbs/02_tokenizer.ipynb #ef95cc81
 def check_vocab_size(vocab_size: int, exit_code: int = ExitCode.TOKENIZER) -> None:
-    "Refuse a vocabulary with no room for learned pieces beside the reserved ids (the pipeline checks it up front)."
-    if vocab_size <= N_RESERVED:
-        raise MinillmError(f'vocabulary size {vocab_size} is too small: {N_RESERVED} ids are reserved (4 special '
-                           f'tokens, 256 bytes, newline); use --vocab-size {N_RESERVED + 256} or more', exit_code)
+    "Refuse a vocabulary with no room for learned pieces beside the reserved ids."
+    if vocab_size <= N_RESERVED:  # the pipeline checks this up front too
+        raise MinillmError(f'vocabulary size {vocab_size} is too small: {N_RESERVED} '
+                           f'ids are reserved (4 special tokens, 256 bytes, newline); '
+                           f'use --vocab-size {N_RESERVED + 256} or more', exit_code)
 
-def train_tokenizer(corpus_dir, out_dir, vocab_size: int = DEFAULT_VOCAB_SIZE, model_type: str = 'bpe',
-                    max_train_bytes: int = MAX_TRAIN_BYTES, seed: int = 0) -> Path:
-    "Train a SentencePiece model on the training split of `corpus_dir`; return `out_dir/tokenizer.model`."
+def train_tokenizer(corpus_dir, out_dir, vocab_size: int = DEFAULT_VOCAB_SIZE,
+                    model_type: str = 'bpe', max_train_bytes: int = MAX_TRAIN_BYTES,
+                    seed: int = 0) -> Path:
+    "Train SentencePiece on the train split of `corpus_dir`; the path of the model."
     if model_type not in ('bpe', 'unigram'):
-        raise MinillmError(f'unknown model type {model_type!r}: use bpe or unigram', ExitCode.USAGE)
+        raise MinillmError(f'unknown model type {model_type!r}: use bpe or unigram',
+                           ExitCode.USAGE)
     check_vocab_size(vocab_size)
     total = split_bytes(corpus_manifest(corpus_dir), 'train')
-    if total == 0: raise MinillmError(f'corpus {corpus_dir} has no training text; rebuild it with more books', ExitCode.TOKENIZER)
+    if total == 0: raise MinillmError(f'corpus {corpus_dir} has no training text; '
+                                      f'rebuild it with more books', ExitCode.TOKENIZER)
     out = ensure_writable_dir(out_dir) / 'tokenizer.model'
-    lines, model = training_lines(corpus_dir, keep=min(1.0, max_train_bytes / total), seed=seed), io.BytesIO()
+    keep = min(1.0, max_train_bytes / total)
+    lines, model = training_lines(corpus_dir, keep=keep, seed=seed), io.BytesIO()
     spm.set_random_generator_seed(seed)
+    options = _spm_options(vocab_size, model_type, num_threads())
     try: spm.SentencePieceTrainer.train(sentence_iterator=lines, model_writer=model,
-                                        **_spm_options(vocab_size, model_type, num_threads()))
+                                        **options)
     except RuntimeError as e: raise _vocab_error(e, vocab_size) from None
     with atomic_write(out, 'wb') as f: f.write(model.getvalue())
     return out
 
 # %% ../nbs/02_tokenizer.ipynb #26821b7a
-SPACE_SYMBOL = '\u2581'  # '▁': how SentencePiece writes a space inside its pieces
-
 class Tokenizer:
     "A trained SentencePiece model: text to token ids and back, exactly."
     def __init__(self, sp: spm.SentencePieceProcessor, path=None):
         self.sp, self.path, self.num_threads = sp, path, num_threads()
         self.vocab_size = sp.get_piece_size()
-        self.unk_id, self.bos_id, self.eos_id, self.pad_id = sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id()
-        # a literal '▁' in the text would decode as a space: encode it as its three UTF-8 byte pieces
-        self._space_symbol_ids = [sp.piece_to_id(f'<0x{b:02X}>') for b in SPACE_SYMBOL.encode()]
+        self.unk_id, self.bos_id = sp.unk_id(), sp.bos_id()
+        self.eos_id, self.pad_id = sp.eos_id(), sp.pad_id()
+        # a literal '▁' would decode as a space: encode it as its three byte pieces
+        self._space_symbol_ids = [sp.piece_to_id(f'<0x{b:02X}>')
+                                  for b in SPACE_SYMBOL.encode()]
         self.newline_id = sp.piece_to_id('\n')
         self._words = None  # a WordCache, made by the first encode_array
 
     @classmethod
     def load(cls, path, exit_code: int = ExitCode.TOKENIZER) -> Tokenizer:
         "Load a `.model` file, or the `tokenizer.model` in a directory."
-        path = Path(path)
+        path, retrain = Path(path), '`minillm tokenizer --corpus DIR --out DIR`'
         if path.is_dir(): path = path/'tokenizer.model'
         if not path.is_file():
-            raise MinillmError(f'no tokenizer at {path}: train one with `minillm tokenizer --corpus DIR --out DIR`', exit_code)
-        try: sp = spm.SentencePieceProcessor(model_proto=data) if (data := path.read_bytes()) else None
-        except (RuntimeError, OSError): sp = None  # (an empty file would load as an empty model)
+            raise MinillmError(f'no tokenizer at {path}: train one with {retrain}',
+                               exit_code)
+        try:  # (an empty file would load as an empty model)
+            data = path.read_bytes()
+            sp = spm.SentencePieceProcessor(model_proto=data) if data else None
+        except (RuntimeError, OSError): sp = None
         if sp is None or sp.get_piece_size() == 0:
-            raise MinillmError(f'tokenizer {path} is not a SentencePiece model (damaged or truncated?); '
-                               f'retrain it with `minillm tokenizer --corpus DIR --out DIR`', exit_code)
+            raise MinillmError(f'tokenizer {path} is not a SentencePiece model '
+                               f'(damaged or truncated?); retrain it with {retrain}',
+                               exit_code)
         return cls(sp, path)
-
-    def __repr__(self): return f'Tokenizer({self.vocab_size} pieces, {self.path})'
 
 # %% ../nbs/02_tokenizer.ipynb #1077d853
 @patch
@@ -144,7 +173,8 @@ def encode(self: Tokenizer, text: str) -> list[int]:
     "Token ids of `text`."
     if SPACE_SYMBOL not in text: return self.sp.encode(text)
     parts = [self.sp.encode(p) for p in text.split(SPACE_SYMBOL)]
-    return [i for k, p in enumerate(parts) for i in (self._space_symbol_ids if k else []) + p]
+    space = self._space_symbol_ids
+    return [i for k, p in enumerate(parts) for i in (space if k else []) + p]
 
 @patch
 def encode_batch(self: Tokenizer, texts: list[str]) -> list[list[int]]:
@@ -154,72 +184,97 @@ def encode_batch(self: Tokenizer, texts: list[str]) -> list[list[int]]:
 
 @patch
 def decode(self: Tokenizer, ids) -> str:
-    "The text of token ids (a list, a NumPy array or a tensor); special tokens decode to nothing."
+    "The text of token ids (a list, an array or a tensor); special tokens decode to ''."
     return self.sp.decode(ids.tolist() if hasattr(ids, 'tolist') else list(ids))
+
+@patch
+def __repr__(self: Tokenizer):
+    return f'Tokenizer({self.vocab_size} pieces, {self.path})'
 
 # %% ../nbs/02_tokenizer.ipynb #4a695516
 class WordCache:
-    "The token ids of every distinct word seen so far, in flat arrays: `flat[starts[i]:starts[i]+lens[i]]`."
-    def __init__(self, max_words: int = 1 << 20):  # about 50 MB at most; then it starts afresh
+    "The ids of each distinct word seen so far: word i is `flat[starts[i]:][:lens[i]]`."
+    # about 50 MB at most; then it starts afresh
+    def __init__(self, max_words: int = 1 << 20):
         self.max_words, self.index = max_words, {}  # word -> its number i
         self.flat, self.starts, self.lens = (np.zeros(0, np.int64) for _ in range(3))
 
-    def add(self, words: list[str], flat: np.ndarray, starts: np.ndarray, lens: np.ndarray):
+    def add(self, words: list[str], flat: np.ndarray, starts: np.ndarray,
+            lens: np.ndarray):
         self.starts = np.concatenate([self.starts, len(self.flat) + starts])
-        self.flat, self.lens = np.concatenate([self.flat, flat]), np.concatenate([self.lens, lens])
-        self.index.update(zip(words, range(len(self.index), len(self.index) + len(words))))
+        self.flat = np.concatenate([self.flat, flat])
+        self.lens = np.concatenate([self.lens, lens])
+        first = len(self.index)
+        self.index.update(zip(words, range(first, first + len(words))))
 
 # %% ../nbs/02_tokenizer.ipynb #9564a7a6
-def _encode_new_words(tok: Tokenizer, words: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "Ids of `words` (each ' ' + word, or a newline + word) in a few long strings, one per thread."
+def _encode_new_words(tok: Tokenizer, words: list[str]) -> tuple[np.ndarray, ...]:
+    "Ids of `words` (each ' ' + word, or a newline + word) in a few long strings."
     bodies = [w[1:] if w[:1] == '\n' else ' ' + w for w in words]
-    k, n = 4 * tok.num_threads, len(bodies)     # end each body with a newline, a token no piece spans
-    chunks = [''.join(b + '\n' for b in bodies[i * n // k:(i + 1) * n // k]) for i in range(k)]
-    flat = np.concatenate([[tok.newline_id]] + [np.array(x, np.int64) for x in tok.encode_batch(chunks)])
-    ends = np.flatnonzero(flat == tok.newline_id)  # the newline before each body, and one after the last
-    starts = ends[:-1] + 1 - np.fromiter((w[:1] == '\n' for w in words), np.int64, n)  # include a leading newline
+    # end each body with a newline: no piece spans it
+    k, n = 4 * tok.num_threads, len(bodies)
+    chunks = [''.join(b + '\n' for b in bodies[i * n // k:(i + 1) * n // k])
+              for i in range(k)]
+    encoded = [np.array(x, np.int64) for x in tok.encode_batch(chunks)]
+    flat = np.concatenate([[tok.newline_id]] + encoded)
+    # before each body, and after the last
+    ends = np.flatnonzero(flat == tok.newline_id)
+    newline_first = np.fromiter((w[:1] == '\n' for w in words), np.int64, n)
+    starts = ends[:-1] + 1 - newline_first  # include a leading newline
     return flat, starts, ends[1:] - starts
 
+# %% ../nbs/02_tokenizer.ipynb #ba1efed6
 def _encode_words(tok: Tokenizer, text: str) -> np.ndarray:
-    "Split `text` before every space and newline, encode the words not seen before, and stitch the ids."
-    words = text.replace('\n', ' \n').split(' ')  # words[1:] stand for ' ' + word, or begin with a newline
+    "Split `text` before spaces and newlines, encode the new words, and stitch the ids."
+    # words[1:]: ' ' + word, or '\n' + word
+    words = text.replace('\n', ' \n').split(' ')
     rest, cache = words[1:], tok._words
-    which = np.fromiter(map(cache.index.get, rest, repeat(-1)), np.int64, len(rest))  # -1: not seen yet
+    # -1: new
+    which = np.fromiter(map(cache.index.get, rest, repeat(-1)), np.int64, len(rest))
     if (missing := which < 0).any():
         new = list(dict.fromkeys(compress(rest, missing)))
-        if len(cache.index) + len(new) > cache.max_words:  # start afresh, so memory stays bounded
-            cache.__init__(cache.max_words); missing[:] = True; new = list(dict.fromkeys(rest))
+        # start afresh: memory stays bounded
+        if len(cache.index) + len(new) > cache.max_words:
+            cache.__init__(cache.max_words); missing[:] = True
+            new = list(dict.fromkeys(rest))
         cache.add(new, *_encode_new_words(tok, new))
-        which[missing] = np.fromiter(map(cache.index.__getitem__, compress(rest, missing)), np.int64, int(missing.sum()))
-    n = cache.lens[which]; ends = np.cumsum(n)   # ids per word; where each word's ids end in the output
-    ids = cache.flat[np.repeat(cache.starts[which] - (ends - n), n) + np.arange(ends[-1] if len(ends) else 0)]
-    return np.concatenate([np.array(tok.encode(words[0]), np.int64), ids])
+        found = map(cache.index.__getitem__, compress(rest, missing))
+        which[missing] = np.fromiter(found, np.int64, int(missing.sum()))
+    # ids per word; where each word's ids end
+    n = cache.lens[which]; ends = np.cumsum(n)
+    at = (np.repeat(cache.starts[which] - (ends - n), n)
+          + np.arange(ends[-1] if len(ends) else 0))
+    return np.concatenate([np.array(tok.encode(words[0]), np.int64), cache.flat[at]])
 
 # %% ../nbs/02_tokenizer.ipynb #1bbd1d93
 @patch
 def encode_array(self: Tokenizer, text: str) -> np.ndarray:
-    "`encode(text)` as an int64 array, faster for long texts: each distinct word is encoded only once."
-    if self.sp.id_to_piece(self.newline_id) != '\n': return np.array(self.encode(text), np.int64)
+    "`encode(text)` as an int64 array, faster on long texts: each word is encoded once."
+    if self.sp.id_to_piece(self.newline_id) != '\n':
+        return np.array(self.encode(text), np.int64)
     if self._words is None: self._words = WordCache()
     return _encode_words(self, text)
 
 # %% ../nbs/02_tokenizer.ipynb #071dac43
-def _encode_split(tok: Tokenizer, corpus_dir, split: str, f, dtype, total: int, progress: bool) -> tuple[int, int]:
-    "Write the ids of every document of `split` to the open file `f`, an end-of-text id after each; return (tokens, bytes)."
+def _encode_split(tok: Tokenizer, corpus_dir, split: str, f, dtype, total: int,
+                  progress: bool) -> tuple[int, int]:
+    "Write each document of `split` to `f` as ids, then end-of-text; (tokens, bytes)."
     tokens = nbytes = 0
     eos = np.array([tok.eos_id], dtype)
-    with tqdm(total=total, unit='B', unit_scale=True, desc=f'encode {split}', disable=not progress, mininterval=1) as bar:
+    with tqdm(total=total, unit='B', unit_scale=True, desc=f'encode {split}',
+              disable=not progress, mininterval=1) as bar:
         for doc in iter_documents(corpus_dir, split):
             for chunk in _chunks(doc):
                 ids = tok.encode_array(chunk).astype(dtype)
                 f.write(ids.tobytes()); tokens += len(ids)
                 n = len(chunk.encode('utf-8')); nbytes += n; bar.update(n)
             f.write(eos.tobytes()); tokens += 1
-    f.flush(); os.fsync(f.fileno())  # a full disk shows here, while the shards that were there are still whole
+    # a full disk shows here, while the old shards are whole
+    f.flush(); os.fsync(f.fileno())
     return tokens, nbytes
 
 def _chunks(text: str, size: int = 1 << 22):
-    "Cut `text` into pieces of about `size` characters, each ending just after a newline."
+    "Cut `text` into pieces of about `size` characters, each ending after a newline."
     start = 0
     while start < len(text):
         end = text.find('\n', start + size)
@@ -228,83 +283,107 @@ def _chunks(text: str, size: int = 1 << 22):
 
 # %% ../nbs/02_tokenizer.ipynb #b344c148
 def encode_shards(corpus_dir, tokenizer_path, out_dir, progress: bool = True) -> dict:
-    "Encode the corpus into `out_dir/{train,val}.bin` with a copy of the tokenizer and `meta.json`; return the meta."
+    "Encode the corpus into `out_dir`: shards, tokenizer, meta.json; return the meta."
     tok, manifest = Tokenizer.load(tokenizer_path), corpus_manifest(corpus_dir)
     out = ensure_writable_dir(out_dir)
     dtype = np.uint16 if tok.vocab_size <= 65535 else np.uint32
-    ensure_free_disk(out, 2 * np.dtype(dtype).itemsize * split_bytes(manifest, 'all') // 3, 'the token shards')
+    need = 2 * np.dtype(dtype).itemsize * split_bytes(manifest, 'all') // 3
+    ensure_free_disk(out, need, 'the token shards')
     meta = dict(vocab_size=tok.vocab_size, dtype=np.dtype(dtype).name)
     try:
-        with contextlib.ExitStack() as files:  # both shards go to temporary files, renamed into place when both are done
+        # both shards renamed into place when both are done
+        with contextlib.ExitStack() as files:
             for split in ('train', 'val'):
-                meta[f'{split}_tokens'], meta[f'{split}_bytes'] = _encode_split(tok, corpus_dir, split,
-                    files.enter_context(atomic_write(out/f'{split}.bin', 'wb')), dtype, split_bytes(manifest, split), progress)
-            (out/'meta.json').unlink(missing_ok=True)  # meta.json is written last: present means complete
-    except OSError as e:  # a disk that fills up: the shards and meta.json that were there are untouched
-        raise MinillmError(f'writing token shards to {out} failed ({e.strerror or e}); free some space or write '
-                           f'elsewhere, then encode again', ExitCode.TOKENIZER) from None
-    if tok.path.resolve() != (out/'tokenizer.model').resolve():
-        with atomic_write(out/'tokenizer.model', 'wb') as f: f.write(tok.path.read_bytes())
-    meta.update(tokenizer_sha256=sha256_file(out/'tokenizer.model'),
-                corpus_sha256=manifest.get('sha256') or sha256_file(Path(corpus_dir)/'corpus.txt'),
+                f = files.enter_context(atomic_write(out/f'{split}.bin', 'wb'))
+                total = split_bytes(manifest, split)
+                meta[f'{split}_tokens'], meta[f'{split}_bytes'] = _encode_split(
+                    tok, corpus_dir, split, f, dtype, total, progress)
+            # written last: present means complete
+            (out/'meta.json').unlink(missing_ok=True)
+    # a full disk: the shards and meta.json that were there are untouched
+    except OSError as e:
+        raise MinillmError(f'writing token shards to {out} failed ({e.strerror or e}); '
+                           f'free some space or write elsewhere, then encode again',
+                           ExitCode.TOKENIZER) from None
+    if tok.path.resolve() != (model := out/'tokenizer.model').resolve():
+        with atomic_write(model, 'wb') as f: f.write(tok.path.read_bytes())
+    corpus_sha = manifest.get('sha256') or sha256_file(Path(corpus_dir)/'corpus.txt')
+    meta.update(tokenizer_sha256=sha256_file(model), corpus_sha256=corpus_sha,
                 corpus_dir=str(Path(corpus_dir).resolve()))
     with atomic_write(out/'meta.json') as f: json.dump(meta, f, indent=1)
     return meta
 
 # %% ../nbs/02_tokenizer.ipynb #f3b4e0f7
-META_KEYS = ('vocab_size', 'dtype', 'train_tokens', 'val_tokens', 'train_bytes', 'val_bytes',
-             'tokenizer_sha256', 'corpus_sha256', 'corpus_dir')
+META_KEYS = ('vocab_size', 'dtype', 'train_tokens', 'val_tokens', 'train_bytes',
+             'val_bytes', 'tokenizer_sha256', 'corpus_sha256', 'corpus_dir')
+REENCODE = 're-encode with `minillm tokenizer`'
 
 def read_meta(data_dir, exit_code: int = ExitCode.TOKENIZER) -> dict:
-    "The `meta.json` of a directory of token shards; `exit_code` is for a damaged one (a missing one is usage)."
+    "The `meta.json` of token shards; `exit_code` if damaged (if missing: usage)."
     path = Path(data_dir)/'meta.json'
     if not path.is_file():
-        raise MinillmError(f'no token shards in {data_dir} (meta.json is missing): encode a corpus with '
-                           f'`minillm tokenizer --corpus DIR --out {data_dir}`', ExitCode.USAGE)
+        raise MinillmError(f'no token shards in {data_dir} (meta.json is missing): '
+                           f'encode a corpus with `minillm tokenizer --corpus DIR '
+                           f'--out {data_dir}`',
+                           ExitCode.USAGE)
     try: meta = json.loads(path.read_text(encoding='utf-8'))
     except (ValueError, UnicodeDecodeError) as e:
-        raise MinillmError(f'{path} is not valid JSON ({e}); re-encode with `minillm tokenizer`', exit_code) from None
+        raise MinillmError(f'{path} is not valid JSON ({e}); {REENCODE}',
+                           exit_code) from None
     if missing := [k for k in META_KEYS if k not in meta]:
-        raise MinillmError(f'{path} lacks {", ".join(missing)}; re-encode with `minillm tokenizer`', exit_code)
+        raise MinillmError(f'{path} lacks {", ".join(missing)}; {REENCODE}', exit_code)
     return meta
 
 def load_shard(data_dir, split: str) -> np.ndarray:
-    "The token ids of one split ('train' or 'val'), memory-mapped: nothing is read until it is used."
+    "The token ids of one split ('train' or 'val'), memory-mapped: read only when used."
     meta, path = read_meta(data_dir), Path(data_dir)/f'{split}.bin'
-    if not path.is_file(): raise MinillmError(f'token shard {path} is missing; re-encode with `minillm tokenizer`', ExitCode.TOKENIZER)
+    if not path.is_file():
+        raise MinillmError(f'token shard {path} is missing; {REENCODE}',
+                           ExitCode.TOKENIZER)
     if path.stat().st_size == 0: return np.zeros(0, meta['dtype'])
     return np.memmap(path, dtype=meta['dtype'], mode='r')
 
 # %% ../nbs/02_tokenizer.ipynb #83b069cd
-def check_shards(data_dir, tokenizer_path=None, exit_code: int = ExitCode.TOKENIZER) -> dict:
-    "Check the shards in `data_dir` are complete and, if given, encoded with `tokenizer_path`; return the meta."
+def check_shards(data_dir, tokenizer_path=None,
+                 exit_code: int = ExitCode.TOKENIZER) -> dict:
+    "Check the shards are whole and, if given, from `tokenizer_path`; return the meta."
     meta = read_meta(data_dir, exit_code)
     for split in ('train', 'val'):
-        path, want = Path(data_dir)/f'{split}.bin', meta[f'{split}_tokens'] * np.dtype(meta['dtype']).itemsize
+        path = Path(data_dir)/f'{split}.bin'
+        want = meta[f'{split}_tokens'] * np.dtype(meta['dtype']).itemsize
         if not path.is_file():
-            raise MinillmError(f'token shard {path} is missing; re-encode with `minillm tokenizer`', exit_code)
+            raise MinillmError(f'token shard {path} is missing; {REENCODE}', exit_code)
         if (size := path.stat().st_size) != want:
-            raise MinillmError(f'token shard {path} is {size} bytes but meta.json expects {want} (truncated, or not '
-                               f'from the same encoding); re-encode with `minillm tokenizer`', exit_code)
+            raise MinillmError(f'token shard {path} is {size} bytes but meta.json '
+                               f'expects {want} (truncated, or not from the same '
+                               f'encoding); {REENCODE}', exit_code)
     if tokenizer_path is not None:
-        tok_file = Path(tokenizer_path)/'tokenizer.model' if Path(tokenizer_path).is_dir() else Path(tokenizer_path)
-        if not tok_file.is_file(): raise MinillmError(f'no tokenizer at {tok_file}', exit_code)
+        tok_file = Path(tokenizer_path)
+        if tok_file.is_dir(): tok_file = tok_file/'tokenizer.model'
+        if not tok_file.is_file():
+            raise MinillmError(f'no tokenizer at {tok_file}', exit_code)
         if (sha := sha256_file(tok_file)) != meta['tokenizer_sha256']:
             try: Tokenizer.load(tok_file); damaged = ''
-            except MinillmError: damaged = ', which is not even a SentencePiece model (damaged?)'
-            raise MinillmError(f'shards in {data_dir} were encoded with another tokenizer (sha256 {meta["tokenizer_sha256"][:12]}, '
-                               f'not {sha[:12]} of {tok_file}{damaged}); re-encode them with this tokenizer or use theirs', exit_code)
+            except MinillmError:
+                damaged = ', which is not even a SentencePiece model (damaged?)'
+            theirs = meta['tokenizer_sha256'][:12]
+            raise MinillmError(f'shards in {data_dir} were encoded with another '
+                               f'tokenizer (sha256 {theirs}, not {sha[:12]} of '
+                               f'{tok_file}{damaged}); re-encode them with this '
+                               f'tokenizer or use theirs', exit_code)
     return meta
 
 # %% ../nbs/02_tokenizer.ipynb #61cff680
 @dataclass
 class TokenizerConfig:
     "One `minillm tokenizer` run; each field is a command-line option."
-    corpus_dir: str = ''                   # corpus directory (corpus.txt + manifest.json from `minillm corpus`)
-    out_dir: str = ''                      # output directory for tokenizer.model, train.bin, val.bin, meta.json
+    # corpus directory (corpus.txt + manifest.json from `minillm corpus`)
+    corpus_dir: str = ''
+    # output directory for tokenizer.model, train.bin, val.bin, meta.json
+    out_dir: str = ''
     vocab_size: int = DEFAULT_VOCAB_SIZE   # number of tokens
     model_type: str = 'bpe'                # SentencePiece algorithm: bpe or unigram
-    progress: bool = True                  # progress bars on stderr; --quiet turns them off
+    progress: bool = True  # progress bars on stderr; --quiet turns them off
 
 # %% ../nbs/02_tokenizer.ipynb #fb8e8b7c
 def _run_tokenizer(args) -> int:
@@ -313,15 +392,21 @@ def _run_tokenizer(args) -> int:
     t1 = time.time()
     meta = encode_shards(cfg.corpus_dir, path, cfg.out_dir, progress=cfg.progress)
     t2, mb = time.time(), (meta['train_bytes'] + meta['val_bytes']) / 1e6
-    print(f'trained a {meta["vocab_size"]}-token {cfg.model_type} tokenizer in {t1 - t0:.1f} s; encoded {mb:.1f} MB '
-          f'into {meta["train_tokens"]:,} train and {meta["val_tokens"]:,} val tokens in {t2 - t1:.1f} s -> {cfg.out_dir}')
+    print(f'trained a {meta["vocab_size"]}-token {cfg.model_type} tokenizer in '
+          f'{t1 - t0:.1f} s; encoded {mb:.1f} MB into {meta["train_tokens"]:,} train '
+          f'and {meta["val_tokens"]:,} val tokens in {t2 - t1:.1f} s -> {cfg.out_dir}')
     return 0
 
 def add_cli(subparsers) -> None:
     "Register `minillm tokenizer`: an option per `TokenizerConfig` field."
     p = add_command(subparsers, 'tokenizer', _run_tokenizer,
-                    'train a SentencePiece tokenizer on a corpus and encode it into token shards',
+                    'train a SentencePiece tokenizer on a corpus and encode it into '
+                    'token shards',
                     ['minillm tokenizer --corpus data/corpus --out data/tok',
-                     'minillm tokenizer --corpus data/corpus --vocab-size 8192 --model-type unigram --out data/tok8k'])
-    add_options(p, TokenizerConfig, flags={'corpus_dir': '--corpus', 'out_dir': '--out', 'progress': '--quiet'},
-                corpus_dir=dict(required=True), out_dir=dict(required=True), model_type=dict(choices=['bpe', 'unigram']))
+                     'minillm tokenizer --corpus data/corpus --vocab-size 8192 '
+                     '--model-type unigram --out data/tok8k'])
+    add_options(p, TokenizerConfig,
+                flags={'corpus_dir': '--corpus', 'out_dir': '--out',
+                       'progress': '--quiet'},
+                corpus_dir=dict(required=True), out_dir=dict(required=True),
+                model_type=dict(choices=['bpe', 'unigram']))
