@@ -141,23 +141,17 @@ def check_config(cfg: TrainConfig) -> None:
 
 # %% ../nbs/05_training.ipynb #282ba062
 def epoch_windows(n_tokens: int, block_size: int, seed: int, epoch: int) -> np.ndarray:
-    """Start offsets of the shuffled, non-overlapping training windows of `epoch` (a
-    function of its arguments only)."""
+    "Start offsets of `epoch`'s shuffled, non-overlapping windows (from the arguments)."
     rng = np.random.default_rng([seed, epoch])
     offset = int(rng.integers(block_size)) if n_tokens > 2 * (block_size + 1) else 0
     n = (n_tokens - 1 - offset) // block_size
     return offset + block_size * rng.permutation(n).astype(np.int64)
 
-
-def get_batch(
-    data: np.ndarray, starts: np.ndarray, block_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and targets (B, T) for windows starting at `starts`, read straight from
-    the memory map."""
-    # (B, T+1)
-    rows = torch.from_numpy(
-        data[starts[:, None] + np.arange(block_size + 1)].astype(np.int64)
-    )
+def get_batch(data: np.ndarray, starts: np.ndarray,
+              block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    "Inputs and targets (B, T) of the windows at `starts`, read straight from the map."
+    idx = starts[:, None] + np.arange(block_size + 1)
+    rows = torch.from_numpy(data[idx].astype(np.int64))                    # (B, T+1)
     return rows[:, :-1], rows[:, 1:]
 
 # %% ../nbs/05_training.ipynb #37e6567b
@@ -178,25 +172,19 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.95), eps=1e-8, **fast)
 
 # %% ../nbs/05_training.ipynb #ea3e9cd6
-# the share of (peak - min_lr) still applied at progress p, from 0 (end of warmup) to 1
-# (last step)
-SCHEDULES = {
-    # Loshchilov and Hutter, SGDR
-    'cosine': lambda p: 0.5 * (1 + math.cos(math.pi * p)),
+SCHEDULES = {  # the share of (peak - min_lr) still applied at progress p, from 0 to 1
+    'cosine': lambda p: 0.5 * (1 + math.cos(math.pi * p)),  # Loshchilov, Hutter: SGDR
     'linear': lambda p: 1 - p,
-    # warmup-stable-decay: flat, then down over the last 20%
-    'wsd': lambda p: min(1.0, (1 - p) / 0.2),
+    'wsd': lambda p: min(1.0, (1 - p) / 0.2),  # warmup-stable-decay: down in last 20%
 }
 
 def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
-    """Learning rate at optimizer step `step` (0-based): linear warmup, then
-    `cfg.schedule` down to `min_lr` at `total_steps`."""
+    "Rate at step `step` (from 0): linear warmup, then `cfg.schedule` down to `min_lr`."
     if step < cfg.warmup: return cfg.learning_rate * (step + 1) / cfg.warmup
     if step >= total_steps: return cfg.min_lr
     progress = (step - cfg.warmup) / max(1, total_steps - cfg.warmup)
-    return cfg.min_lr + SCHEDULES[cfg.schedule](progress) * (
-        cfg.learning_rate - cfg.min_lr
-    )
+    share = SCHEDULES[cfg.schedule](progress)
+    return cfg.min_lr + share * (cfg.learning_rate - cfg.min_lr)
 
 # %% ../nbs/05_training.ipynb #6a5d2c52
 def pick_device(name: str = 'auto') -> torch.device:
@@ -253,29 +241,22 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     for k in _SHAPE:
         if getattr(cfg, k) is not None: shape[k] = getattr(cfg, k)
     if cfg.n_head and not cfg.n_kv_head: shape['n_kv_head'] = shape['n_head']
-    try:
-        return ModelConfig(vocab_size=vocab_size, dropout=cfg.dropout, **shape)
+    try: return ModelConfig(vocab_size=vocab_size, dropout=cfg.dropout, **shape)
     except ValueError as e:
         raise MinillmError(f'bad model shape: {e}', ExitCode.USAGE) from None
 
 def check_data(data_dir: Path, block_size: int) -> dict:
-    """Check the token shards in `data_dir` (present, complete, this tokenizer, long
-    enough); return meta.json."""
+    "Check the shards of `data_dir` (whole, this tokenizer, long enough); meta.json."
     if not (data_dir / 'meta.json').is_file():
-        raise MinillmError(
-            f'no token shards in {data_dir} (meta.json is missing); make them with '
-            f'`minillm tokenizer --corpus DIR --out {data_dir}`',
-            ExitCode.TRAINING,
-        )
+        raise MinillmError(f'no token shards in {data_dir} (meta.json is missing); '
+                           f'make them with `minillm tokenizer --corpus DIR --out '
+                           f'{data_dir}`', ExitCode.TRAINING)
     tok = data_dir / 'tokenizer.model'
     meta = check_shards(data_dir, tok if tok.is_file() else None, ExitCode.TRAINING)
     if meta['val_tokens'] <= block_size + 1:
-        raise MinillmError(
-            f'--block-size {block_size} is longer than the validation split'
-            f' ({meta["val_tokens"]} tokens); use a smaller --block-size or a bigger'
-            ' corpus',
-            ExitCode.USAGE,
-        )
+        raise MinillmError(f'--block-size {block_size} is longer than the validation '
+                           f'split ({meta["val_tokens"]} tokens); use a smaller '
+                           f'--block-size or a bigger corpus', ExitCode.USAGE)
     return meta
 
 # %% ../nbs/05_training.ipynb #c6ef100c
@@ -315,24 +296,12 @@ def _any_rank(flag: bool, world: int, device) -> bool:
 
 # %% ../nbs/05_training.ipynb #d5bf414d
 @torch.no_grad()
-def evaluate_loss(
-    model,
-    val: np.ndarray,
-    block_size: int,
-    batch_size: int,
-    n_batches: int,
-    device,
-    dtype: str,
-) -> float:
-    """Mean next-token loss on `n_batches` batches of fixed windows spread evenly over
-    `val`."""
+def evaluate_loss(model, val: np.ndarray, block_size: int, batch_size: int,
+                  n_batches: int, device, dtype: str) -> float:
+    "Mean next-token loss on `n_batches` batches of fixed windows spread over `val`."
     n_windows = (len(val) - 1) // block_size
-    starts = (
-        np.linspace(0, n_windows - 1, min(n_windows, n_batches * batch_size)).astype(
-            np.int64
-        )
-        * block_size
-    )
+    n = min(n_windows, n_batches * batch_size)
+    starts = np.linspace(0, n_windows - 1, n).astype(np.int64) * block_size
     was_training, total, count = model.training, 0.0, 0
     model.eval()
     for chunk in np.array_split(starts, max(1, math.ceil(len(starts) / batch_size))):
@@ -506,75 +475,47 @@ def _duration(seconds: float) -> str:
     "Seconds as a reader says them: 42 s, 3 min 20 s, 2 h 5 min."
     s = round(seconds)
     if s < 60: return f'{s} s'
-    return (
-        f'{s // 60} min {s % 60} s'
-        if s < 3600
-        else f'{s // 3600} h {s % 3600 // 60} min'
-    )
+    if s < 3600: return f'{s // 60} min {s % 60} s'
+    return f'{s // 3600} h {s % 3600 // 60} min'
 
 def plan_text(run: RunSpec, state: LoopState, step_s: float) -> str:
-    """The plan in a line: how long the epochs would take at the measured speed, and
-    what the schedule is."""
-    text = (
-        f'plan: {run.cfg.epochs} epochs are {run.epoch_steps:,} steps,'
-        f' {_duration(run.epoch_steps * step_s)} at the measured {step_s:.3g} s a step'
-    )
+    "The plan in a line: how long the epochs take at the measured speed; the schedule."
+    text = (f'plan: {run.cfg.epochs} epochs are {run.epoch_steps:,} steps, '
+            f'{_duration(run.epoch_steps * step_s)} at the measured {step_s:.3g} s a '
+            f'step')
     if state.total_steps < run.epoch_steps:
-        why = (
-            f'the --max-time {run.cfg.max_time} budget fits'
-            if not run.cfg.steps
-            else '--steps asks for'
-        )
-        text += (
-            f'; {why} {state.total_steps:,} steps'
-            f' ({state.total_steps / run.steps_per_epoch:.2f} epochs), and the learning'
-            f' rate reaches {run.cfg.min_lr:g} at the last of them'
-        )
+        why = (f'the --max-time {run.cfg.max_time} budget fits' if not run.cfg.steps
+               else '--steps asks for')
+        text += (f'; {why} {state.total_steps:,} steps '
+                 f'({state.total_steps / run.steps_per_epoch:.2f} epochs), and the '
+                 f'learning rate reaches {run.cfg.min_lr:g} at the last of them')
     return text
 
 # %% ../nbs/05_training.ipynb #0d3a0c7a
 def _progress(total: int, initial: int, enabled: bool):
     from tqdm import tqdm
     tty = sys.stderr.isatty()
-    return tqdm(
-        total=total,
-        initial=initial,
-        disable=not enabled,
-        file=sys.stderr,
-        unit='step',
-        dynamic_ncols=tty,
-        mininterval=0.5 if tty else 10,
-        ncols=None if tty else 110,
-        ascii=not tty,
-        desc='train',
-    )
+    return tqdm(total=total, initial=initial, disable=not enabled, file=sys.stderr,
+                unit='step', dynamic_ncols=tty, mininterval=0.5 if tty else 10,
+                ncols=None if tty else 110, ascii=not tty, desc='train')
 
 def _log(msg: str, rank: int, bar=None):
     if rank: return
     (bar.write if bar is not None else print)(msg, file=sys.stderr)
 
 # %% ../nbs/05_training.ipynb #2e0da34c
-def micro_batches(
-    run: RunSpec, data: np.ndarray, order: np.ndarray, step: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """This process's micro-batches (inputs, targets) for optimizer step `step` of an
-    epoch whose windows are `order`."""
-    rows, T = (
-        order[step * run.cfg.batch_size : (step + 1) * run.cfg.batch_size],
-        run.mc.block_size,
-    )
-    batches = []
+def micro_batches(run: RunSpec, data: np.ndarray, order: np.ndarray,
+                  step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    "This process's micro-batches (inputs, targets) for step `step` of epoch `order`."
+    B, T = run.cfg.batch_size, run.mc.block_size
+    rows, batches = order[step * B:(step + 1) * B], []
     for a in range(run.cfg.grad_accum):
-        # this process's slice
-        x, y = get_batch(
-            data, rows[a * run.micro : (a + 1) * run.micro][run.rank :: run.world], T
-        )
+        mine = rows[a * run.micro:(a + 1) * run.micro][run.rank::run.world]  # our rows
+        x, y = get_batch(data, mine, T)
         if run.device.type == 'cuda':
-            x, y = x.pin_memory().to(run.device, non_blocking=True), y.pin_memory().to(
-                run.device, non_blocking=True
-            )
-        elif run.device.type != 'cpu':
-            x, y = x.to(run.device), y.to(run.device)
+            x = x.pin_memory().to(run.device, non_blocking=True)
+            y = y.pin_memory().to(run.device, non_blocking=True)
+        elif run.device.type != 'cpu': x, y = x.to(run.device), y.to(run.device)
         batches.append((x, y))
     return batches
 
