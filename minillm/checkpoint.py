@@ -20,54 +20,73 @@ __all__ = ['CHECKPOINT_NAMES', 'CHECKPOINT_FILES', 'save_model', 'size_problem',
 
 # %% ../nbs/05_checkpoint.ipynb #72176771
 def save_model(model: MiniLLM, dir) -> Path:
-    "Write `dir/model.safetensors` (weights) and `dir/config.json` (the config); return `dir`."
+    """Write `dir/model.safetensors` (weights) and `dir/config.json` (the config);
+    return `dir`."""
     from safetensors.torch import save
     d = Path(dir); d.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_write(d / 'model.safetensors', 'wb', encoding=None) as f: f.write(save(weights, metadata={'format': 'pt'}))
-    with atomic_write(d / 'config.json') as f: json.dump(model.config.to_dict(), f, indent=1)
+    with atomic_write(d / 'model.safetensors', 'wb', encoding=None) as f:
+        f.write(save(weights, metadata={'format': 'pt'}))
+    with atomic_write(d / 'config.json') as f:
+        json.dump(model.config.to_dict(), f, indent=1)
     return d
 
 # %% ../nbs/05_checkpoint.ipynb #aba90d6b
 def _mem_bytes() -> int:
-    "Physical memory of this machine in bytes (a large number where the system does not say)."
+    """Physical memory of this machine in bytes (a large number where the system does
+    not say)."""
     try: return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
     except (ValueError, OSError, AttributeError): return 1 << 50
 
 def size_problem(config: ModelConfig) -> str | None:
-    "Why a model of this shape cannot be built here (its weights and rotary tables exceed half the memory), or None."
-    need = 4 * (count_params(config) + config.block_size * config.head_dim)  # float32 weights, then cos and sin
+    """Why a model of this shape cannot be built here (its weights and rotary tables
+    exceed half the memory), or None."""
+    # float32 weights, then cos and sin
+    need = 4 * (count_params(config) + config.block_size * config.head_dim)
     if need <= _mem_bytes() // 2: return None
-    return (f'{count_params(config) / 1e9:.1f}B parameters at a context of {config.block_size:,} tokens need '
-            f'{need / 2**30:,.1f} GiB, more than half of this machine\'s memory')
+    return (
+        f'{count_params(config) / 1e9:.1f}B parameters at a context of'
+        f' {config.block_size:,} tokens need {need / 2**30:,.1f} GiB, more than half of'
+        ' this machine\'s memory'
+    )
 
 # %% ../nbs/05_checkpoint.ipynb #3f140e29
 def load_model(dir, device='cpu') -> MiniLLM:
-    "Rebuild a `MiniLLM` from `dir/config.json` and load `dir/model.safetensors` (no pickle involved)."
+    "Rebuild a `MiniLLM` from `dir`'s config.json and model.safetensors (no pickle)."
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     d = Path(dir)
     for name in ('config.json', 'model.safetensors'):
         if not (d / name).is_file():
-            raise MinillmError(f'loading model: {d / name} not found; point at a directory written by save_model', ExitCode.GENERATION)
+            raise MinillmError(f'loading model: {d / name} not found; point at a '
+                               f'directory written by save_model', ExitCode.GENERATION)
     try: config = ModelConfig.from_dict(json.loads((d / 'config.json').read_text()))
     except (ValueError, TypeError, OSError, ArithmeticError) as e:
-        raise MinillmError(f'loading model from {d}: config.json is not a model configuration ({str(e).splitlines()[0][:160]}); '
-                           f'use a directory written by save_model', ExitCode.GENERATION) from None
+        raise MinillmError(f'loading model from {d}: config.json is not a model '
+                           f'configuration ({str(e).splitlines()[0][:160]}); use a '
+                           f'directory written by save_model',
+                           ExitCode.GENERATION) from None
     if why := size_problem(config):
-        raise MinillmError(f'loading model from {d}: config.json describes {why}; use a smaller model', ExitCode.GENERATION)
+        raise MinillmError(f'loading model from {d}: config.json describes {why}; use '
+                           f'a smaller model', ExitCode.GENERATION)
     try:
         model = MiniLLM(config)
         model.load_state_dict(load_file(str(d / 'model.safetensors'), device='cpu'))
     except (ValueError, RuntimeError, TypeError, OSError, SafetensorError) as e:
-        raise MinillmError(f'loading model from {d}: {str(e).splitlines()[0]}; re-save it with save_model', ExitCode.GENERATION) from e
+        raise MinillmError(f'loading model from {d}: {str(e).splitlines()[0]}; re-save '
+                           f'it with save_model', ExitCode.GENERATION) from e
     return model.to(device).eval()
 
 # %% ../nbs/05_checkpoint.ipynb #853223ed
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, list]:
-    "AdamW's state as flat tensors (`state.IDX.KEY`) plus its param groups without the parameters."
+    """AdamW's state as flat tensors (`state.IDX.KEY`) plus its param groups without the
+    parameters."""
     sd = opt.state_dict()
-    tensors = {f'state.{i}.{k}': v.detach().cpu().contiguous() for i, s in sd['state'].items() for k, v in s.items()}
+    tensors = {
+        f'state.{i}.{k}': v.detach().cpu().contiguous()
+        for i, s in sd['state'].items()
+        for k, v in s.items()
+    }
     return tensors, sd['param_groups']
 
 def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict, groups: list) -> None:
@@ -88,7 +107,8 @@ def _fsync_dir(d: Path):
         fd = os.open(d, os.O_RDONLY); os.fsync(fd); os.close(fd)
 
 def write_checkpoint_dir(ck_root: Path, name: str, write) -> Path:
-    "Call `write(tmp_dir)`, fsync every file, then swap the result into `ck_root/name` atomically."
+    """Call `write(tmp_dir)`, fsync every file, then swap the result into `ck_root/name`
+    atomically."""
     tmp = Path(tempfile.mkdtemp(dir=ck_root, prefix=f'.tmp-{name}-'))
     try:
         write(tmp)
@@ -105,7 +125,8 @@ def write_checkpoint_dir(ck_root: Path, name: str, write) -> Path:
 
 # %% ../nbs/05_checkpoint.ipynb #7a82b87e
 def recover_checkpoints(ck_root: Path) -> None:
-    "Put back a checkpoint left aside by a save that was killed between its two renames."
+    """Put back a checkpoint left aside by a save that was killed between its two
+    renames."""
     for old in ck_root.glob('.old-*'):
         target = ck_root / old.name[len('.old-'):]
         if target.exists(): shutil.rmtree(old, ignore_errors=True)
@@ -113,33 +134,40 @@ def recover_checkpoints(ck_root: Path) -> None:
     for tmp in ck_root.glob('.tmp-*'): shutil.rmtree(tmp, ignore_errors=True)
 
 # %% ../nbs/05_checkpoint.ipynb #f2a4f765
-def save_checkpoint(ck_root: Path, name: str, model, opt, state: dict, train_config: dict, tokenizer, device) -> Path:
-    "Write checkpoint `ck_root/name`: weights and shape, tokenizer, `train_config`, optimizer and the loop `state`."
+def save_checkpoint(ck_root: Path, name: str, model, opt, state: dict,
+                    train_config: dict, tokenizer, device) -> Path:
+    "Write `ck_root/name`: weights, shape, tokenizer, options, optimizer and `state`."
     from safetensors.torch import save
     tensors, groups = _optimizer_tensors(opt)
     tensors.update(_rng_tensors(device))
-    need = 2 * (sum(v.numel() * v.element_size() for v in tensors.values()) +
-                sum(p.numel() * p.element_size() for p in model.parameters())) + (1 << 20)
+    size = lambda ts: sum(t.numel() * t.element_size() for t in ts)
+    need = 2 * (size(tensors.values()) + size(model.parameters())) + (1 << 20)
     ensure_free_disk(ck_root, need, f'checkpoint {name}', ExitCode.TRAINING)
     def write(d: Path):
         save_model(model, d)
-        if tokenizer is not None and Path(tokenizer).is_file(): shutil.copyfile(tokenizer, d / 'tokenizer.model')
+        if tokenizer is not None and Path(tokenizer).is_file():
+            shutil.copyfile(tokenizer, d / 'tokenizer.model')
         (d / 'train_config.json').write_text(json.dumps(train_config, indent=1))
         (d / 'optimizer.safetensors').write_bytes(save(tensors))
-        (d / 'state.json').write_text(json.dumps(dict(state, param_groups=groups), indent=1))
+        state_json = json.dumps(dict(state, param_groups=groups), indent=1)
+        (d / 'state.json').write_text(state_json)
     try: return write_checkpoint_dir(ck_root, name, write)
-    except OSError as e:  # a full disk, a vanished directory: the previous checkpoint is untouched
-        raise MinillmError(f'writing checkpoint {ck_root / name} failed ({e.strerror or e}); the previous one is intact: '
-                           f'free some space, then continue with --resume', ExitCode.TRAINING) from None
+    except OSError as e:  # a full disk, a vanished directory: the old one is intact
+        raise MinillmError(f'writing checkpoint {ck_root / name} failed '
+                           f'({e.strerror or e}); the previous one is intact: free '
+                           f'some space, then continue with --resume',
+                           ExitCode.TRAINING) from None
 
 # %% ../nbs/05_checkpoint.ipynb #d08dd4f4
 def load_checkpoint(d: Path, model, opt, device) -> dict:
-    "Load weights, optimizer and RNG states from checkpoint `d` into `model` and `opt`; return the loop state."
+    "Load weights, optimizer and RNG states of `d` into `model`, `opt`; return state."
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-    for name in ('config.json', 'model.safetensors', 'optimizer.safetensors', 'state.json'):
+    for name in ('config.json', 'model.safetensors', 'optimizer.safetensors',
+                 'state.json'):
         if not (d / name).is_file():
-            raise MinillmError(f'checkpoint {d} is incomplete: {name} is missing; start afresh with --force-restart', ExitCode.TRAINING)
+            raise MinillmError(f'checkpoint {d} is incomplete: {name} is missing; '
+                               f'start afresh with --force-restart', ExitCode.TRAINING)
     current = d / 'model.safetensors'
     try:
         model.load_state_dict(load_file(str(current), device='cpu'))
@@ -150,10 +178,14 @@ def load_checkpoint(d: Path, model, opt, device) -> dict:
         _load_optimizer(opt, tensors, state.pop('param_groups'))
         current = d / 'optimizer.safetensors'
         torch.set_rng_state(tensors['rng.cpu'])
-    except (SafetensorError, RuntimeError, ValueError, KeyError, TypeError, AttributeError, OSError) as e:
-        raise MinillmError(f'checkpoint file {current} is corrupt or truncated ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); '
-                           f'start afresh with --force-restart', ExitCode.TRAINING) from None
-    if device.type == 'cuda' and 'rng.cuda' in tensors: torch.cuda.set_rng_state(tensors['rng.cuda'], device)
+    except (SafetensorError, RuntimeError, ValueError, KeyError, TypeError,
+            AttributeError, OSError) as e:
+        why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise MinillmError(f'checkpoint file {current} is corrupt or truncated '
+                           f'({why}); start afresh with --force-restart',
+                           ExitCode.TRAINING) from None
+    if device.type == 'cuda' and 'rng.cuda' in tensors:
+        torch.cuda.set_rng_state(tensors['rng.cuda'], device)
     return state
 
 # %% ../nbs/05_checkpoint.ipynb #89635739
@@ -171,56 +203,85 @@ def has_checkpoints(out_dir) -> bool:
 def check_start_flags(resume: bool, force_restart: bool) -> None:
     "Refuse `--resume` together with `--force-restart` (a usage error)."
     if resume and force_restart:
-        raise MinillmError('--resume and --force-restart exclude each other; pass one of them', ExitCode.USAGE)
+        raise MinillmError(
+            '--resume and --force-restart exclude each other; pass one of them',
+            ExitCode.USAGE,
+        )
 
 # %% ../nbs/05_checkpoint.ipynb #f7486212
 def resume_point(ck_root: Path) -> str | None:
-    "The checkpoint to resume from: the later (by step) of `last` and `best`, `last` on a tie; None if neither exists."
+    """The checkpoint to resume from: the later (by step) of `last` and `best`, `last`
+    on a tie; None if neither exists."""
     def step(name):
-        try: return json.loads((ck_root / name / 'state.json').read_text())['global_step']
-        except (OSError, ValueError, KeyError, TypeError): return math.inf if name == 'last' else -1  # loading `last` says what is wrong
+        try:
+            return json.loads((ck_root / name / 'state.json').read_text())[
+                'global_step'
+            ]
+        # loading `last` says what is wrong
+        except (OSError, ValueError, KeyError, TypeError):
+            return math.inf if name == 'last' else -1
     names = existing_checkpoints(ck_root)
     return max(names, key=step) if names else None
 
 # %% ../nbs/05_checkpoint.ipynb #853f1c59
-CHECKPOINT_FILES = ('model.safetensors', 'config.json', 'tokenizer.model')  # what a model needs to write text
+# what a model needs to write text
+CHECKPOINT_FILES = ('model.safetensors', 'config.json', 'tokenizer.model')
 
 def find_checkpoint(checkpoint_dir) -> Path:
-    "The checkpoint directory in `checkpoint_dir`: itself, or a training run's `checkpoints/best`, else `checkpoints/last`."
+    """The checkpoint directory in `checkpoint_dir`: itself, or a training run's
+    `checkpoints/best`, else `checkpoints/last`."""
     d = Path(checkpoint_dir)
     if not d.is_dir():
-        raise MinillmError(f'checkpoint {d} not found: no such directory; point --checkpoint at a training output '
-                           f'directory or one of its checkpoints/best, checkpoints/last', ExitCode.GENERATION)
+        raise MinillmError(
+            f'checkpoint {d} not found: no such directory; point --checkpoint at a'
+            ' training output directory or one of its checkpoints/best,'
+            ' checkpoints/last',
+            ExitCode.GENERATION,
+        )
     if not (d / 'config.json').exists():
         for name in ('best', 'last'):  # the lowest validation loss first
             if (d / 'checkpoints' / name).is_dir(): return d / 'checkpoints' / name
     for name in CHECKPOINT_FILES:
         if not (d / name).is_file():
-            raise MinillmError(f'checkpoint {d} is incomplete: {d / name} is missing; use a directory written '
-                               f'by `minillm train`', ExitCode.GENERATION)
+            raise MinillmError(
+                f'checkpoint {d} is incomplete: {d / name} is missing; use a directory'
+                ' written by `minillm train`',
+                ExitCode.GENERATION,
+            )
     return d
 
 # %% ../nbs/05_checkpoint.ipynb #307de5f3
 def save_snapshot(out_dir, step: int, model: MiniLLM, tokenizer) -> Path:
-    "Write the model and its tokenizer as `out_dir/snapshots/step-NNNNNN/`; return that directory."
+    """Write the model and its tokenizer as `out_dir/snapshots/step-NNNNNN/`; return
+    that directory."""
     d = Path(out_dir) / 'snapshots' / f'step-{step:06d}'
     save_model(model, d)
     if tokenizer is not None and Path(tokenizer).is_file():
-        with atomic_write(d / 'tokenizer.model', 'wb', encoding=None) as f: f.write(Path(tokenizer).read_bytes())
+        with atomic_write(d / 'tokenizer.model', 'wb', encoding=None) as f:
+            f.write(Path(tokenizer).read_bytes())
     return d
 
 def snapshots(out_dir) -> list[tuple[int, Path]]:
     "The snapshots of a training output directory, as (step, directory), in step order."
     found = Path(out_dir).glob('snapshots/step-*')
-    return sorted((int(d.name[5:]), d) for d in found if d.name[5:].isdigit() and (d / 'model.safetensors').is_file())
+    return sorted(
+        (int(d.name[5:]), d)
+        for d in found
+        if d.name[5:].isdigit() and (d / 'model.safetensors').is_file()
+    )
 
 # %% ../nbs/05_checkpoint.ipynb #34abcd81
 def load(checkpoint_dir, device='cpu') -> tuple[MiniLLM, Tokenizer]:
-    "The model (in eval mode, on `device`) and the tokenizer of a checkpoint or a training output directory."
+    """The model (in eval mode, on `device`) and the tokenizer of a checkpoint or a
+    training output directory."""
     d = find_checkpoint(checkpoint_dir)
     model = load_model(d, device)  # a corrupt file is a one-line error with exit code 6
     tok = Tokenizer.load(d / 'tokenizer.model', exit_code=ExitCode.GENERATION)
     if tok.vocab_size != model.config.vocab_size:
-        raise MinillmError(f'checkpoint {d}: tokenizer.model has {tok.vocab_size} tokens but the model expects '
-                           f'{model.config.vocab_size}; copy the tokenizer the model was trained with', ExitCode.GENERATION)
+        raise MinillmError(
+            f'checkpoint {d}: tokenizer.model has {tok.vocab_size} tokens but the model'
+            f' expects {model.config.vocab_size}; copy the tokenizer the model was'
+            ' trained with',
+            ExitCode.GENERATION,
+        )
     return model, tok

@@ -20,24 +20,27 @@ __all__ = ['MODEL_PRESETS', 'ModelConfig', 'RMSNorm', 'rope_tables', 'apply_rope
 @dataclass
 class ModelConfig:
     "The shape of a `MiniLLM`: everything needed to rebuild it from scratch."
-    vocab_size: int = 4096       # number of distinct token ids (from the tokenizer)
-    block_size: int = 256        # context length: the most tokens the model sees at once
-    n_layer: int = 4             # number of transformer blocks stacked on top of each other
+    vocab_size: int = 4096       # distinct token ids (from the tokenizer)
+    block_size: int = 256        # context length: the most tokens seen at once
+    n_layer: int = 4             # transformer blocks stacked on top of each other
     n_head: int = 4              # attention heads per block (query heads)
-    n_kv_head: int = 4           # key/value heads; fewer than n_head is grouped-query attention
+    n_kv_head: int = 4           # key/value heads; fewer than n_head: grouped-query
     n_embd: int = 128            # embedding width: the size of each token's vector
-    mlp_hidden: int = 0          # hidden width of the SwiGLU MLP; 0 picks about 8/3 * n_embd
-    dropout: float = 0.0         # dropout rate in training (0 for small data and short runs)
+    mlp_hidden: int = 0          # SwiGLU hidden width; 0 picks about 8/3 * n_embd
+    dropout: float = 0.0         # dropout rate in training (0: small data, short runs)
     rope_base: float = 10000.0   # base of the rotary position embedding frequencies
-    norm_eps: float = 1e-5       # epsilon inside RMSNorm, guards against division by zero
-    tie_embeddings: bool = True  # share the output head's weights with the token embedding
+    norm_eps: float = 1e-5       # epsilon inside RMSNorm, against division by zero
+    tie_embeddings: bool = True  # the output head shares the token embedding's weights
 
     def __post_init__(self):
-        if not self.mlp_hidden: self.mlp_hidden = 32 * math.ceil(8 * self.n_embd / 3 / 32)
+        if not self.mlp_hidden:
+            self.mlp_hidden = 32 * math.ceil(8 * self.n_embd / 3 / 32)
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
-            raise ValueError(f'n_embd={self.n_embd} must split into n_head={self.n_head} heads of even width')
+            raise ValueError(f'n_embd={self.n_embd} must split into '
+                             f'n_head={self.n_head} heads of even width')
         if self.n_head % self.n_kv_head:
-            raise ValueError(f'n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}')
+            raise ValueError(f'n_head={self.n_head} must be a multiple of '
+                             f'n_kv_head={self.n_kv_head}')
 
     @property
     def head_dim(self) -> int: return self.n_embd // self.n_head
@@ -62,21 +65,26 @@ def from_dict(cls: ModelConfig, d: dict) -> ModelConfig:
 
 # %% ../nbs/04_model.ipynb #271da976
 MODEL_PRESETS = {
-    # nanoGPT's CPU shape (its Shakespeare example on a laptop): 4 layers, 4 heads, width 128, 64 tokens
+    # nanoGPT's CPU shape (its Shakespeare example on a laptop): 4 layers, 4 heads,
+    # width 128, 64 tokens
     'nano':    dict(block_size=64, n_layer=4, n_head=4, n_kv_head=4, n_embd=128),
-    # the pipeline's default: 2 blocks learn more than 4 in a few minutes (chapter 5's lab log)
+    # the pipeline's default: 2 blocks learn more than 4 in a few minutes
+    # (chapter 5's lab log)
     'default': dict(block_size=128, n_layer=2, n_head=4, n_kv_head=4, n_embd=128),
-    # wider and deeper: about 2.5x the compute per token of the default, for a longer run
+    # wider and deeper: about 2.5x the compute per token of the default, for a
+    # longer run
     'small':   dict(block_size=256, n_layer=6, n_head=6, n_kv_head=6, n_embd=192),
     # for an accelerator: grouped-query attention with 2 query heads per key/value head
     'medium':  dict(block_size=512, n_layer=8, n_head=8, n_kv_head=4, n_embd=512),
-    # the smallest that still learns: for tests, and for pages that train while they are read
+    # the smallest that still learns: for tests, and for pages that train while they
+    # are read
     'tiny':    dict(block_size=64, n_layer=2, n_head=2, n_kv_head=2, n_embd=64),
 }
 
 # %% ../nbs/04_model.ipynb #793f6498
 class RMSNorm(nn.Module):
-    "Scale each vector to unit root mean square, then by a learned gain (Zhang & Sennrich, Root Mean Square Layer Normalization)."
+    """Scale each vector to unit root mean square, then by a learned gain (Zhang &
+    Sennrich, Root Mean Square Layer Normalization)."""
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
         self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
@@ -158,14 +166,16 @@ class Attention(nn.Module):
 
 # %% ../nbs/04_model.ipynb #deebb3db
 class SwiGLU(nn.Module):
-    "Feed-forward layer silu(x W_gate) * (x W_up), then W_down (Shazeer, GLU Variants Improve Transformer)."
+    """Feed-forward layer silu(x W_gate) * (x W_up), then W_down (Shazeer, GLU Variants
+    Improve Transformer)."""
     def __init__(self, c: ModelConfig):
         super().__init__()
-        self.gate_up = nn.Linear(c.n_embd, 2 * c.mlp_hidden, bias=False)  # gate and up in one matmul
+        # gate and up in one matmul
+        self.gate_up = nn.Linear(c.n_embd, 2 * c.mlp_hidden, bias=False)
         self.down = nn.Linear(c.mlp_hidden, c.n_embd, bias=False)
 
     def forward(self, x):  # (B, T, C)
-        gate, up = self.gate_up(x).chunk(2, dim=-1)                     # (B, T, hidden) each
+        gate, up = self.gate_up(x).chunk(2, dim=-1)  # (B, T, hidden) each
         return self.down(F.silu(gate) * up)
 
 # %% ../nbs/04_model.ipynb #bba7445c
@@ -244,20 +254,32 @@ def head_loss(x, head, targets, max_logits: int = 1 << 20):
 
 # %% ../nbs/04_model.ipynb #7c74475a
 def count_params(config: ModelConfig | MiniLLM) -> int:
-    "Number of parameters of a `MiniLLM` with this config (or of this model), from the formula (a tied head adds none)."
-    c = getattr(config, 'config', config)                      # a model carries its config
-    attn = c.n_embd * (c.n_head + 2 * c.n_kv_head) * c.head_dim + c.n_head * c.head_dim * c.n_embd
+    """Number of parameters of a `MiniLLM` with this config (or of this model), from the
+    formula (a tied head adds none)."""
+    c = getattr(config, 'config', config)  # a model carries its config
+    attn = (
+        c.n_embd * (c.n_head + 2 * c.n_kv_head) * c.head_dim
+        + c.n_head * c.head_dim * c.n_embd
+    )
     mlp = 3 * c.n_embd * c.mlp_hidden
     per_layer = attn + mlp + 2 * c.n_embd                      # two RMSNorm gains
     head = 0 if c.tie_embeddings else c.vocab_size * c.n_embd
     return c.vocab_size * c.n_embd + c.n_layer * per_layer + c.n_embd + head
 
-def flops_per_token(config: ModelConfig, seq_len: int | None = None, training: bool = True) -> int:
-    "Matmul FLOPs per token, forward + backward (3x forward) or forward only, at context `seq_len`."
+
+def flops_per_token(
+    config: ModelConfig, seq_len: int | None = None, training: bool = True
+) -> int:
+    """Matmul FLOPs per token, forward + backward (3x forward) or forward only, at
+    context `seq_len`."""
     c, T = config, seq_len or config.block_size
-    matmul_params = count_params(c) - c.vocab_size * c.n_embd * (0 if c.tie_embeddings else 1) \
-                    - (2 * c.n_layer + 1) * c.n_embd         # head counts once, norms and lookup do no matmul
-    attention = 2 * 2 * c.n_layer * T * c.n_head * c.head_dim  # q k^T and attention @ v over the T keys
+    matmul_params = (
+        count_params(c)
+        - c.vocab_size * c.n_embd * (0 if c.tie_embeddings else 1)
+        - (2 * c.n_layer + 1) * c.n_embd
+    )  # head counts once, norms and lookup do no matmul
+    # q k^T and attention @ v over the T keys
+    attention = 2 * 2 * c.n_layer * T * c.n_head * c.head_dim
     forward = 2 * matmul_params + attention
     return 3 * forward if training else forward
 

@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import (MinillmError, ExitCode, add_command, add_options, config_from_args, atomic_write, ensure_free_disk,
+from .core import (MinillmError, ExitCode, add_command, add_options,
+                          config_from_args, atomic_write, ensure_free_disk,
                           ensure_writable_dir, parse_duration, run_lock)
-from .model import MODEL_PRESETS, ModelConfig, MiniLLM, count_params, flops_per_token
-from .checkpoint import (check_start_flags, existing_checkpoints, load_checkpoint, recover_checkpoints, resume_point,
-                                save_snapshot,
-                                save_checkpoint)
+from .model import (MODEL_PRESETS, ModelConfig, MiniLLM, count_params,
+                           flops_per_token)
+from .checkpoint import (check_start_flags, existing_checkpoints,
+                                load_checkpoint, recover_checkpoints, resume_point,
+                                save_snapshot, save_checkpoint)
 from .tokenizer import load_shard, check_shards
 
 # %% auto #0
@@ -33,91 +35,129 @@ __all__ = ['SCHEDULES', 'CALIBRATION', 'RUN_DEFINING', 'TrainConfig', 'check_num
 @dataclass
 class TrainConfig:
     "Everything `train` needs; one field per `minillm train` option."
-    data_dir: str = ''            # token shards from `minillm tokenizer` (train.bin, val.bin, meta.json, tokenizer.model)
-    out_dir: str = ''             # output directory: checkpoints/, metrics.jsonl, summary.json, loss.png
+    # token shards from `minillm tokenizer` (train.bin, val.bin, meta.json,
+    # tokenizer.model)
+    data_dir: str = ''
+    # output directory: checkpoints/, metrics.jsonl, summary.json, loss.png
+    out_dir: str = ''
     epochs: int = 20              # passes over the training tokens
-    steps: int = 0                # the schedule's length in optimizer steps; 0: every epoch, or what --max-time fits
-    batch_size: int = 8           # sequences per optimizer step (over all processes and accumulation steps)
+    # the schedule's length in optimizer steps; 0: every epoch, or what --max-time
+    # fits
+    steps: int = 0
+    # sequences per optimizer step (over all processes and accumulation steps)
+    batch_size: int = 8
     learning_rate: float = 3e-3   # peak learning rate after warmup
     block_size: int | None = None # context length (default: the preset's)
     model: str = 'default'        # model shape: a preset of chapter 4's MODEL_PRESETS
     n_layer: int | None = None    # transformer blocks (default: the preset's)
     n_head: int | None = None     # attention heads (default: the preset's)
-    n_kv_head: int | None = None  # key/value heads (default: the preset's, or n_head when --n-head is given)
+    # key/value heads (default: the preset's, or n_head when --n-head is given)
+    n_kv_head: int | None = None
     n_embd: int | None = None     # embedding width (default: the preset's)
     dropout: float = 0.0          # dropout rate
     device: str = 'auto'          # auto, cpu, cuda, cuda:N or mps
     dtype: str = 'auto'           # auto (measured), float32 or bfloat16
     compile: bool = False         # torch.compile the model
-    grad_accum: int = 1           # micro-batches per optimizer step (batch_size must divide by it)
+    # micro-batches per optimizer step (batch_size must divide by it)
+    grad_accum: int = 1
     warmup: int = 30              # linear warmup steps
-    schedule: str = 'cosine'      # the decay after warmup: cosine, linear, or wsd (flat, then linear over the last 20%)
-    min_lr: float = 0.0           # learning rate at the schedule's last step (0: anneal all the way)
-    weight_decay: float = 0.1     # AdamW decay on the matrices (never on norms and embeddings)
+    # the decay after warmup: cosine, linear, or wsd (flat, then linear over the last
+    # 20%)
+    schedule: str = 'cosine'
+    # learning rate at the schedule's last step (0: anneal all the way)
+    min_lr: float = 0.0
+    # AdamW decay on the matrices (never on norms and embeddings)
+    weight_decay: float = 0.1
     clip: float = 1.0             # gradient-norm clipping; 0 turns it off
-    eval_every: int = 250         # optimizer steps between evaluations; 0: once per epoch
+    eval_every: int = 250  # optimizer steps between evaluations; 0: once per epoch
     eval_batches: int = 20        # validation batches per evaluation
-    checkpoint_every: int = 5     # epochs between checkpoints (also saved at the end and on interruption)
-    max_time: str = ''            # the run's whole training time, across resumes, e.g. 5m or 1h30m: the schedule is planned to end in it; '' for none
-    max_steps: int = 0            # stop (resumably) after this many optimizer steps in total; 0 for none
+    # epochs between checkpoints (also saved at the end and on interruption)
+    checkpoint_every: int = 5
+    # the run's whole training time, across resumes, e.g. 5m or 1h30m: the schedule is
+    # planned to end in it; '' for none
+    max_time: str = ''
+    # stop (resumably) after this many optimizer steps in total; 0 for none
+    max_steps: int = 0
     seed: int = 1337              # seeds the weights and the order of batches
     resume: bool = False          # continue from OUT/checkpoints/last
     force_restart: bool = False   # delete existing checkpoints and start afresh
     progress: bool = True         # a progress bar on stderr; --quiet turns it off
 
 # %% ../nbs/05_training.ipynb #8855d02d
-_POSITIVE = ('epochs', 'batch_size', 'learning_rate', 'grad_accum', 'eval_batches', 'checkpoint_every',
-             'block_size', 'n_layer', 'n_head', 'n_kv_head', 'n_embd')
-_NON_NEGATIVE = ('dropout', 'warmup', 'min_lr', 'weight_decay', 'clip', 'eval_every', 'max_steps', 'steps')
-
+_POSITIVE = ('epochs', 'batch_size', 'learning_rate', 'grad_accum', 'eval_batches',
+             'checkpoint_every', 'block_size', 'n_layer', 'n_head', 'n_kv_head',
+             'n_embd')
+_NON_NEGATIVE = ('dropout', 'warmup', 'min_lr', 'weight_decay', 'clip', 'eval_every',
+                 'max_steps', 'steps')
 _SHAPE = ('block_size', 'n_layer', 'n_head', 'n_kv_head', 'n_embd')
-
 def _cli_flag(name: str) -> str: return '--' + name.replace('_', '-')
 
 def check_numbers(cfg: TrainConfig) -> None:
-    "Refuse numeric options that are not finite numbers or out of their range (a usage error, one line)."
+    "Refuse numeric options not finite or out of range (a usage error, one line)."
     for name in _POSITIVE + _NON_NEGATIVE:
         v = getattr(cfg, name)
         if v is None and name in _SHAPE: continue
-        if not isinstance(v, (int, float)) or not math.isfinite(v):  # nan passes every comparison: test it first
-            raise MinillmError(f'{_cli_flag(name)} must be a finite number, not {v}', ExitCode.USAGE)
+        if not isinstance(v, (int, float)) or not math.isfinite(v):  # nan: test first
+            raise MinillmError(f'{_cli_flag(name)} must be a finite number, not {v}',
+                               ExitCode.USAGE)
         if v <= 0 if name in _POSITIVE else v < 0:
-            raise MinillmError(f'{_cli_flag(name)} must be {"positive" if name in _POSITIVE else "zero or more"}, '
-                               f'not {v}', ExitCode.USAGE)
-    if cfg.learning_rate > 1:  # AdamW moves each weight by about the rate per step: above 1 it only diverges
-        raise MinillmError(f'--learning-rate {cfg.learning_rate:g} is far too large: AdamW needs about 1e-4 to 1e-2; '
-                           f'pick one of those', ExitCode.USAGE)
-    if cfg.min_lr > cfg.learning_rate: raise MinillmError(f'--min-lr {cfg.min_lr:g} is above --learning-rate {cfg.learning_rate:g}')
-    if cfg.dropout >= 1: raise MinillmError(f'--dropout must be below 1 (it is the share of activations zeroed), not {cfg.dropout}')
+            sign = 'positive' if name in _POSITIVE else 'zero or more'
+            raise MinillmError(f'{_cli_flag(name)} must be {sign}, not {v}',
+                               ExitCode.USAGE)
+    if cfg.learning_rate > 1:  # AdamW moves weights by about the rate: above 1 diverges
+        raise MinillmError(f'--learning-rate {cfg.learning_rate:g} is far too large: '
+                           f'AdamW needs about 1e-4 to 1e-2; pick one of those',
+                           ExitCode.USAGE)
+    if cfg.min_lr > cfg.learning_rate:
+        raise MinillmError(f'--min-lr {cfg.min_lr:g} is above --learning-rate '
+                           f'{cfg.learning_rate:g}')
+    if cfg.dropout >= 1:
+        raise MinillmError(f'--dropout must be below 1 (it is the share of activations '
+                           f'zeroed), not {cfg.dropout}')
 
 # %% ../nbs/05_training.ipynb #297bf1f9
 def check_config(cfg: TrainConfig) -> None:
     "Raise a one-line `MinillmError` (usage) for options that cannot work."
     check_numbers(cfg)
     if cfg.batch_size % cfg.grad_accum:
-        raise MinillmError(f'--batch-size {cfg.batch_size} must be a multiple of --grad-accum {cfg.grad_accum}')
+        raise MinillmError(
+            f'--batch-size {cfg.batch_size} must be a multiple of --grad-accum'
+            f' {cfg.grad_accum}'
+        )
     if cfg.model not in MODEL_PRESETS:
-        raise MinillmError(f'unknown model preset {cfg.model!r}; choose one of {", ".join(MODEL_PRESETS)}')
-    if cfg.dtype not in ('auto', 'float32', 'bfloat16'): raise MinillmError(f'--dtype must be auto, float32 or bfloat16, not {cfg.dtype!r}')
-    if cfg.schedule not in SCHEDULES: raise MinillmError(f'--schedule must be one of {", ".join(SCHEDULES)}, not {cfg.schedule!r}')
+        raise MinillmError(
+            f'unknown model preset {cfg.model!r}; choose one of'
+            f' {", ".join(MODEL_PRESETS)}'
+        )
+    if cfg.dtype not in ('auto', 'float32', 'bfloat16'):
+        raise MinillmError(
+            f'--dtype must be auto, float32 or bfloat16, not {cfg.dtype!r}'
+        )
+    if cfg.schedule not in SCHEDULES:
+        raise MinillmError(
+            f'--schedule must be one of {", ".join(SCHEDULES)}, not {cfg.schedule!r}'
+        )
     if cfg.max_time: parse_duration(cfg.max_time)
 
 # %% ../nbs/05_training.ipynb #282ba062
 def epoch_windows(n_tokens: int, block_size: int, seed: int, epoch: int) -> np.ndarray:
-    "Start offsets of the shuffled, non-overlapping training windows of `epoch` (a function of its arguments only)."
+    "Start offsets of `epoch`'s shuffled, non-overlapping windows (from the arguments)."
     rng = np.random.default_rng([seed, epoch])
     offset = int(rng.integers(block_size)) if n_tokens > 2 * (block_size + 1) else 0
     n = (n_tokens - 1 - offset) // block_size
     return offset + block_size * rng.permutation(n).astype(np.int64)
 
-def get_batch(data: np.ndarray, starts: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    "Inputs and targets (B, T) for windows starting at `starts`, read straight from the memory map."
-    rows = torch.from_numpy(data[starts[:, None] + np.arange(block_size + 1)].astype(np.int64))  # (B, T+1)
+def get_batch(data: np.ndarray, starts: np.ndarray,
+              block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    "Inputs and targets (B, T) of the windows at `starts`, read straight from the map."
+    idx = starts[:, None] + np.arange(block_size + 1)
+    rows = torch.from_numpy(data[idx].astype(np.int64))                    # (B, T+1)
     return rows[:, :-1], rows[:, 1:]
 
 # %% ../nbs/05_training.ipynb #37e6567b
 def bits_per_byte(loss: float, n_tokens: int, n_bytes: int) -> float:
-    "Convert a mean loss in nats per token to bits per byte of the text those tokens encode."
+    """Convert a mean loss in nats per token to bits per byte of the text those tokens
+    encode."""
     return loss * n_tokens / (math.log(2) * n_bytes)
 
 # %% ../nbs/05_training.ipynb #95f53d79
@@ -132,38 +172,49 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.95), eps=1e-8, **fast)
 
 # %% ../nbs/05_training.ipynb #ea3e9cd6
-SCHEDULES = {  # the share of (peak - min_lr) still applied at progress p, from 0 (end of warmup) to 1 (last step)
-    'cosine': lambda p: 0.5 * (1 + math.cos(math.pi * p)),   # Loshchilov and Hutter, SGDR
+SCHEDULES = {  # the share of (peak - min_lr) still applied at progress p, from 0 to 1
+    'cosine': lambda p: 0.5 * (1 + math.cos(math.pi * p)),  # Loshchilov, Hutter: SGDR
     'linear': lambda p: 1 - p,
-    'wsd': lambda p: min(1.0, (1 - p) / 0.2),                 # warmup-stable-decay: flat, then down over the last 20%
+    'wsd': lambda p: min(1.0, (1 - p) / 0.2),  # warmup-stable-decay: down in last 20%
 }
 
 def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
-    "Learning rate at optimizer step `step` (0-based): linear warmup, then `cfg.schedule` down to `min_lr` at `total_steps`."
+    "Rate at step `step` (from 0): linear warmup, then `cfg.schedule` down to `min_lr`."
     if step < cfg.warmup: return cfg.learning_rate * (step + 1) / cfg.warmup
     if step >= total_steps: return cfg.min_lr
     progress = (step - cfg.warmup) / max(1, total_steps - cfg.warmup)
-    return cfg.min_lr + SCHEDULES[cfg.schedule](progress) * (cfg.learning_rate - cfg.min_lr)
+    share = SCHEDULES[cfg.schedule](progress)
+    return cfg.min_lr + share * (cfg.learning_rate - cfg.min_lr)
 
 # %% ../nbs/05_training.ipynb #6a5d2c52
 def pick_device(name: str = 'auto') -> torch.device:
     "The device for `name`; auto prefers cuda, then mps, then cpu."
     if name == 'auto':
         if torch.cuda.is_available(): return torch.device('cuda')
-        if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available(): return torch.device('mps')
+        if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available():
+            return torch.device('mps')
         return torch.device('cpu')
-    if name.startswith('cuda') and not torch.cuda.is_available() or name == 'mps' and not torch.backends.mps.is_available():
-        raise MinillmError(f'--device {name}: not available on this machine; use --device auto or cpu')
+    if (
+        name.startswith('cuda')
+        and not torch.cuda.is_available()
+        or name == 'mps'
+        and not torch.backends.mps.is_available()
+    ):
+        raise MinillmError(
+            f'--device {name}: not available on this machine; use --device auto or cpu'
+        )
     return torch.device(name)
 
 def autocast(device: torch.device, dtype: str):
-    "A context that runs matmuls in bfloat16 when `dtype` is bfloat16, else does nothing."
+    """A context that runs matmuls in bfloat16 when `dtype` is bfloat16, else does
+    nothing."""
     if dtype != 'bfloat16': return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 # %% ../nbs/05_training.ipynb #bac97dde
 def measure_dtype(model, x, y, device: torch.device, reps: int = 3) -> dict[str, float]:
-    "Seconds per forward+backward pass in float32 and in bfloat16 autocast (gradients are cleared after)."
+    """Seconds per forward+backward pass in float32 and in bfloat16 autocast (gradients
+    are cleared after)."""
     times = {}
     for dtype in ('float32', 'bfloat16'):
         try:
@@ -171,7 +222,8 @@ def measure_dtype(model, x, y, device: torch.device, reps: int = 3) -> dict[str,
                 if i == 1: _sync(device); t0 = time.perf_counter()
                 with autocast(device, dtype): loss = model(x, y)[1]
                 loss.backward()
-                if i >= 1 and dtype != 'float32':  # already twice as slow: it has lost, stop paying for it
+                # already twice as slow: it has lost, stop paying for it
+                if i >= 1 and dtype != 'float32':
                     _sync(device); per_pass = (time.perf_counter() - t0) / i
                     if per_pass > 2 * times['float32']: break
             _sync(device); times[dtype] = (time.perf_counter() - t0) / i
@@ -190,44 +242,52 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
         if getattr(cfg, k) is not None: shape[k] = getattr(cfg, k)
     if cfg.n_head and not cfg.n_kv_head: shape['n_kv_head'] = shape['n_head']
     try: return ModelConfig(vocab_size=vocab_size, dropout=cfg.dropout, **shape)
-    except ValueError as e: raise MinillmError(f'bad model shape: {e}', ExitCode.USAGE) from None
+    except ValueError as e:
+        raise MinillmError(f'bad model shape: {e}', ExitCode.USAGE) from None
 
 def check_data(data_dir: Path, block_size: int) -> dict:
-    "Check the token shards in `data_dir` (present, complete, this tokenizer, long enough); return meta.json."
+    "Check the shards of `data_dir` (whole, this tokenizer, long enough); meta.json."
     if not (data_dir / 'meta.json').is_file():
-        raise MinillmError(f'no token shards in {data_dir} (meta.json is missing); make them with '
-                           f'`minillm tokenizer --corpus DIR --out {data_dir}`', ExitCode.TRAINING)
+        raise MinillmError(f'no token shards in {data_dir} (meta.json is missing); '
+                           f'make them with `minillm tokenizer --corpus DIR --out '
+                           f'{data_dir}`', ExitCode.TRAINING)
     tok = data_dir / 'tokenizer.model'
     meta = check_shards(data_dir, tok if tok.is_file() else None, ExitCode.TRAINING)
     if meta['val_tokens'] <= block_size + 1:
-        raise MinillmError(f'--block-size {block_size} is longer than the validation split ({meta["val_tokens"]} '
-                           f'tokens); use a smaller --block-size or a bigger corpus', ExitCode.USAGE)
+        raise MinillmError(f'--block-size {block_size} is longer than the validation '
+                           f'split ({meta["val_tokens"]} tokens); use a smaller '
+                           f'--block-size or a bigger corpus', ExitCode.USAGE)
     return meta
 
 # %% ../nbs/05_training.ipynb #c6ef100c
 def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
-    "Join torchrun's process group if there is one; return (rank, world size, this process's device)."
+    "Join torchrun's process group if any; return (rank, world size, this device)."
     world = int(os.environ.get('WORLD_SIZE', '1'))
     if world == 1: return 0, 1, device
     import torch.distributed as dist
     local = int(os.environ.get('LOCAL_RANK', '0'))
-    if device.type == 'cuda': device = torch.device('cuda', local); torch.cuda.set_device(device)
-    if not dist.is_initialized(): dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    if device.type == 'cuda':
+        device = torch.device('cuda', local); torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     return dist.get_rank(), world, device
 
 def ranks_in_sync(model, world: int, device) -> bool:
-    "Whether every process holds the same weights (two checksums of all parameters, compared exactly)."
+    "Whether every process holds the same weights (two checksums, compared exactly)."
     import torch.distributed as dist
     v = torch.cat([p.detach().double().flatten() for p in model.parameters()])
-    mine = torch.stack([v.sum(), (v * torch.arange(len(v), device=v.device, dtype=v.dtype)).sum()])
+    mine = torch.stack([v.sum(), (v * torch.arange(len(v), device=v.device,
+                                                   dtype=v.dtype)).sum()])
     every = [torch.zeros_like(mine) for _ in range(world)]; dist.all_gather(every, mine)
     return all(torch.equal(e, every[0]) for e in every)
 
+# %% ../nbs/05_training.ipynb #45485501
 def _rank_max(value: float, world: int, device) -> float:
-    "The largest `value` over all ranks, on every rank (clocks differ; decisions made from them must not)."
+    "The largest `value` of all ranks, on every rank (clocks differ, decisions can't)."
     if world == 1: return value
     import torch.distributed as dist
-    t = torch.tensor([float(value)], device=device); dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    t = torch.tensor([float(value)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.item()
 
 def _any_rank(flag: bool, world: int, device) -> bool:
@@ -236,10 +296,12 @@ def _any_rank(flag: bool, world: int, device) -> bool:
 
 # %% ../nbs/05_training.ipynb #d5bf414d
 @torch.no_grad()
-def evaluate_loss(model, val: np.ndarray, block_size: int, batch_size: int, n_batches: int, device, dtype: str) -> float:
-    "Mean next-token loss on `n_batches` batches of fixed windows spread evenly over `val`."
+def evaluate_loss(model, val: np.ndarray, block_size: int, batch_size: int,
+                  n_batches: int, device, dtype: str) -> float:
+    "Mean next-token loss on `n_batches` batches of fixed windows spread over `val`."
     n_windows = (len(val) - 1) // block_size
-    starts = (np.linspace(0, n_windows - 1, min(n_windows, n_batches * batch_size)).astype(np.int64) * block_size)
+    n = min(n_windows, n_batches * batch_size)
+    starts = np.linspace(0, n_windows - 1, n).astype(np.int64) * block_size
     was_training, total, count = model.training, 0.0, 0
     model.eval()
     for chunk in np.array_split(starts, max(1, math.ceil(len(starts) / batch_size))):
@@ -287,54 +349,76 @@ class StopFlag:
     def __enter__(self):
         self._old = {}
         for s in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError): self._old[s] = signal.signal(s, self._handle)  # main thread only
+            # main thread only
+            with contextlib.suppress(ValueError):
+                self._old[s] = signal.signal(s, self._handle)
         return self
     def __exit__(self, *exc):
         for s, h in self._old.items(): signal.signal(s, h)
 
 # %% ../nbs/05_training.ipynb #2e854a37
 def resolve_start(ck_root: Path, cfg: TrainConfig) -> bool:
-    "Whether to resume (from `resume_point`); deletes the old checkpoints on --force-restart."
+    """Whether to resume (from `resume_point`); deletes the old checkpoints on --force-
+    restart."""
     existing = existing_checkpoints(ck_root)
     check_start_flags(cfg.resume, cfg.force_restart)
     if cfg.force_restart or not existing:
         if existing: shutil.rmtree(ck_root); ck_root.mkdir()
         return False
     if cfg.resume: return True
-    if sys.stdin.isatty() and sys.stdout.isatty() and int(os.environ.get('WORLD_SIZE', '1')) == 1:
-        if input('Found existing checkpoints. Resume training? [y/N] ').strip().lower() in ('y', 'yes'): return True
-        raise MinillmError(f'not resuming; pass --force-restart to delete {ck_root} and start afresh')
-    raise MinillmError(f'{ck_root} already holds checkpoints ({", ".join(existing)}); pass --resume to continue '
-                       f'the run or --force-restart to delete them and start afresh')
+    if (
+        sys.stdin.isatty()
+        and sys.stdout.isatty()
+        and int(os.environ.get('WORLD_SIZE', '1')) == 1
+    ):
+        if input(
+            'Found existing checkpoints. Resume training? [y/N] '
+        ).strip().lower() in ('y', 'yes'):
+            return True
+        raise MinillmError(
+            f'not resuming; pass --force-restart to delete {ck_root} and start afresh'
+        )
+    raise MinillmError(
+        f'{ck_root} already holds checkpoints ({", ".join(existing)}); pass --resume to'
+        ' continue the run or --force-restart to delete them and start afresh'
+    )
 
 # %% ../nbs/05_training.ipynb #3119abba
 @dataclass(frozen=True)
 class RunSpec:
-    "What a run is, fixed before its first step: the options, the data, the model's shape, the machine, and the lengths they imply."
+    """What a run is, fixed before its first step: the options, the data, the model's
+    shape, the machine, and the lengths they imply."""
     cfg: TrainConfig            # the options, as given
     data: Path                  # the token shards' directory
     out: Path                   # the output directory
-    meta: dict                  # the shards' meta.json (token and byte counts, for bits per byte)
+    meta: dict  # the shards' meta.json (token and byte counts, for bits per byte)
     mc: ModelConfig             # the model's shape
     device: torch.device        # where this process computes
     rank: int = 0               # this process's number; rank 0 writes every file
     world: int = 1              # processes in all
     steps_per_epoch: int = 1    # optimizer steps in every epoch
     eval_every: int = 1         # optimizer steps between evaluations
-    budget: float = math.inf    # seconds of training allowed (--max-time), summed over every resume
+    # seconds of training allowed (--max-time), summed over every resume
+    budget: float = math.inf
 
     @property
-    def epoch_steps(self) -> int: return self.cfg.epochs * self.steps_per_epoch    # every epoch, step by step
+    # every epoch, step by step
+    def epoch_steps(self) -> int: return self.cfg.epochs * self.steps_per_epoch
     @property
-    def micro(self) -> int: return self.cfg.batch_size // self.cfg.grad_accum      # sequences per micro-batch, all processes
+    # sequences per micro-batch, all processes
+    def micro(self) -> int: return self.cfg.batch_size // self.cfg.grad_accum
     @property
     def ck_root(self) -> Path: return self.out / 'checkpoints'
 
 # %% ../nbs/05_training.ipynb #439e1bb7
 def plan_run(run: RunSpec, n_train_tokens: int) -> RunSpec:
-    "`run` with the steps per epoch, the evaluation interval and the time budget filled in."
+    """`run` with the steps per epoch, the evaluation interval and the time budget
+    filled in."""
     cfg = run.cfg
-    windows = min(len(epoch_windows(n_train_tokens, run.mc.block_size, cfg.seed, e)) for e in range(min(cfg.epochs, 4)))
+    windows = min(
+        len(epoch_windows(n_train_tokens, run.mc.block_size, cfg.seed, e))
+        for e in range(min(cfg.epochs, 4))
+    )
     steps = windows // cfg.batch_size
     return replace(run, steps_per_epoch=steps, eval_every=cfg.eval_every or steps,
                    budget=parse_duration(cfg.max_time) if cfg.max_time else math.inf)
@@ -342,18 +426,21 @@ def plan_run(run: RunSpec, n_train_tokens: int) -> RunSpec:
 # %% ../nbs/05_training.ipynb #8762dd84
 @dataclass
 class LoopState:
-    "Where a run is: everything the loop changes, saved as each checkpoint's state.json so that a resume goes on exactly."
+    """Where a run is: everything the loop changes, saved as each checkpoint's
+    state.json so that a resume goes on exactly."""
     epoch: int = 0                # epochs finished
     step: int = 0                 # optimizer steps finished in the current epoch
     global_step: int = 0          # optimizer steps finished in all
     tokens: int = 0               # training tokens seen
     best_val: float | None = None # the lowest validation loss so far
-    metrics: list = field(default_factory=list)  # every evaluation's line of metrics.jsonl
+    # every evaluation's line of metrics.jsonl
+    metrics: list = field(default_factory=list)
     elapsed: float = 0.0          # seconds of training, summed over every resume
-    dtype: str | None = None      # the number format, chosen at the start and kept on resume
+    # the number format, chosen at the start and kept on resume
+    dtype: str | None = None
     loss_sum: float = 0.0         # training loss summed since the last evaluation
     loss_count: int = 0           # optimizer steps in loss_sum
-    total_steps: int = 0          # the schedule's length, fixed once (0: not planned yet)
+    total_steps: int = 0  # the schedule's length, fixed once (0: not planned yet)
     budget: str = ''              # the --max-time it was planned for
 
     def to_dict(self) -> dict: return asdict(self)
@@ -368,15 +455,19 @@ class LoopState:
 CALIBRATION = (2, 6)  # steps to skip (first calls allocate), then steps to time
 
 def fixed_length(run: RunSpec) -> int:
-    "The schedule's length when no clock is needed: --steps, else every epoch; 0 when a budget decides it."
+    """The schedule's length when no clock is needed: --steps, else every epoch; 0 when
+    a budget decides it."""
     if run.cfg.steps: return run.cfg.steps
     return 0 if run.budget < math.inf else run.epoch_steps
 
 def steps_in_budget(run: RunSpec, state: LoopState, step_s: float) -> int:
-    "The schedule's length that ends within the budget at `step_s` seconds a step, capped by the epochs."
-    # an evaluation reads eval_batches batches forward only: about a third of a training step each
+    """The schedule's length that ends within the budget at `step_s` seconds a step,
+    capped by the epochs."""
+    # an evaluation reads eval_batches batches forward only: about a third of a training
+    # step each
     per_step = step_s * (1 + run.cfg.eval_batches / 3 / run.eval_every)
-    room = 0.97 * run.budget - state.elapsed   # 3% for checkpoints and the last evaluation
+    # 3% for checkpoints and the last evaluation
+    room = 0.97 * run.budget - state.elapsed
     return min(run.epoch_steps, state.global_step + max(1, int(room / per_step)))
 
 # %% ../nbs/05_training.ipynb #4afa9d57
@@ -384,37 +475,46 @@ def _duration(seconds: float) -> str:
     "Seconds as a reader says them: 42 s, 3 min 20 s, 2 h 5 min."
     s = round(seconds)
     if s < 60: return f'{s} s'
-    return f'{s // 60} min {s % 60} s' if s < 3600 else f'{s // 3600} h {s % 3600 // 60} min'
+    if s < 3600: return f'{s // 60} min {s % 60} s'
+    return f'{s // 3600} h {s % 3600 // 60} min'
 
 def plan_text(run: RunSpec, state: LoopState, step_s: float) -> str:
-    "The plan in a line: how long the epochs would take at the measured speed, and what the schedule is."
-    text = (f'plan: {run.cfg.epochs} epochs are {run.epoch_steps:,} steps, {_duration(run.epoch_steps * step_s)} '
-            f'at the measured {step_s:.3g} s a step')
+    "The plan in a line: how long the epochs take at the measured speed; the schedule."
+    text = (f'plan: {run.cfg.epochs} epochs are {run.epoch_steps:,} steps, '
+            f'{_duration(run.epoch_steps * step_s)} at the measured {step_s:.3g} s a '
+            f'step')
     if state.total_steps < run.epoch_steps:
-        why = f'the --max-time {run.cfg.max_time} budget fits' if not run.cfg.steps else '--steps asks for'
-        text += (f'; {why} {state.total_steps:,} steps ({state.total_steps / run.steps_per_epoch:.2f} epochs), and '
-                 f'the learning rate reaches {run.cfg.min_lr:g} at the last of them')
+        why = (f'the --max-time {run.cfg.max_time} budget fits' if not run.cfg.steps
+               else '--steps asks for')
+        text += (f'; {why} {state.total_steps:,} steps '
+                 f'({state.total_steps / run.steps_per_epoch:.2f} epochs), and the '
+                 f'learning rate reaches {run.cfg.min_lr:g} at the last of them')
     return text
 
 # %% ../nbs/05_training.ipynb #0d3a0c7a
 def _progress(total: int, initial: int, enabled: bool):
     from tqdm import tqdm
     tty = sys.stderr.isatty()
-    return tqdm(total=total, initial=initial, disable=not enabled, file=sys.stderr, unit='step', dynamic_ncols=tty,
-                mininterval=0.5 if tty else 10, ncols=None if tty else 110, ascii=not tty, desc='train')
+    return tqdm(total=total, initial=initial, disable=not enabled, file=sys.stderr,
+                unit='step', dynamic_ncols=tty, mininterval=0.5 if tty else 10,
+                ncols=None if tty else 110, ascii=not tty, desc='train')
 
 def _log(msg: str, rank: int, bar=None):
     if rank: return
     (bar.write if bar is not None else print)(msg, file=sys.stderr)
 
 # %% ../nbs/05_training.ipynb #2e0da34c
-def micro_batches(run: RunSpec, data: np.ndarray, order: np.ndarray, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    "This process's micro-batches (inputs, targets) for optimizer step `step` of an epoch whose windows are `order`."
-    rows, T = order[step * run.cfg.batch_size:(step + 1) * run.cfg.batch_size], run.mc.block_size
-    batches = []
+def micro_batches(run: RunSpec, data: np.ndarray, order: np.ndarray,
+                  step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    "This process's micro-batches (inputs, targets) for step `step` of epoch `order`."
+    B, T = run.cfg.batch_size, run.mc.block_size
+    rows, batches = order[step * B:(step + 1) * B], []
     for a in range(run.cfg.grad_accum):
-        x, y = get_batch(data, rows[a * run.micro:(a + 1) * run.micro][run.rank::run.world], T)  # this process's slice
-        if run.device.type == 'cuda': x, y = x.pin_memory().to(run.device, non_blocking=True), y.pin_memory().to(run.device, non_blocking=True)
+        mine = rows[a * run.micro:(a + 1) * run.micro][run.rank::run.world]  # our rows
+        x, y = get_batch(data, mine, T)
+        if run.device.type == 'cuda':
+            x = x.pin_memory().to(run.device, non_blocking=True)
+            y = y.pin_memory().to(run.device, non_blocking=True)
         elif run.device.type != 'cpu': x, y = x.to(run.device), y.to(run.device)
         batches.append((x, y))
     return batches
@@ -422,14 +522,14 @@ def micro_batches(run: RunSpec, data: np.ndarray, order: np.ndarray, step: int) 
 # %% ../nbs/05_training.ipynb #e0510635
 @dataclass
 class Session:
-    "What exists only while this process trains: the model, its optimizer, the data, the progress bar, the clock."
+    "What exists only while this process trains: model, optimizer, data, bar, clock."
     model: torch.nn.Module        # the model whose weights checkpoints save
-    net: torch.nn.Module          # what the steps run: the model, compiled or wrapped for DDP
+    net: torch.nn.Module          # what the steps run: the model, compiled or in DDP
     opt: torch.optim.Optimizer    # AdamW
     train_data: np.ndarray        # the train shard (memory-mapped)
     val_data: np.ndarray          # the val shard
     bar: object                   # the progress bar
-    loss_acc: torch.Tensor        # training loss summed on the device since it was last folded into the state
+    loss_acc: torch.Tensor        # training loss summed on the device since last folded
     t_start: float = 0.0          # the wall clock when this process started training
     elapsed0: float = 0.0         # the state's elapsed seconds at that moment
     last_tick: float = 0.0        # when the progress bar last showed the speed
@@ -437,58 +537,86 @@ class Session:
     first_step: int = 0           # the state's global step when this process started
     t_calibrate: float = 0.0      # when the timed steps of the calibration began
 
-def open_session(run: RunSpec, model, opt, state: LoopState, train_data, val_data) -> Session:
-    "Start the clock and the progress bar; compile the model or wrap it for DDP if the run asks."
+# %% ../nbs/05_training.ipynb #c2411b81
+def open_session(run: RunSpec, model, opt, state: LoopState, train_data,
+                 val_data) -> Session:
+    "Start the clock and the bar; compile the model or wrap it for DDP if asked."
     net = torch.compile(model) if run.cfg.compile else model
     if run.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        net = DDP(net, device_ids=[run.device.index] if run.device.type == 'cuda' else None)
-    bar = _progress(state.total_steps or run.epoch_steps, state.global_step, run.cfg.progress and run.rank == 0)
+        net = DDP(net, device_ids=[run.device.index] if run.device.type == 'cuda'
+                  else None)
+    bar = _progress(state.total_steps or run.epoch_steps, state.global_step,
+                    run.cfg.progress and run.rank == 0)
     now = time.time()
-    return Session(model, net, opt, train_data, val_data, bar, torch.zeros((), device=run.device), now, state.elapsed,
-                   now, state.tokens, state.global_step)
+    return Session(model, net, opt, train_data, val_data, bar,
+                   torch.zeros((), device=run.device), now, state.elapsed, now,
+                   state.tokens, state.global_step)
 
 # %% ../nbs/05_training.ipynb #72e5e6ff
 def take_step(run: RunSpec, state: LoopState, s: Session, order: np.ndarray) -> float:
-    "One optimizer step at the state's place in the epoch; advance the counters and the clock; return the learning rate."
-    lr = lr_at(state.global_step, state.total_steps or run.epoch_steps, run.cfg)  # not planned yet: inside warmup
-    s.loss_acc += train_step(s.net, s.opt, micro_batches(run, s.train_data, order, state.step), lr, run.cfg, run.device, state.dtype)
-    state.step += 1; state.global_step += 1; state.tokens += run.cfg.batch_size * run.mc.block_size; state.loss_count += 1
+    "One optimizer step where the state is; advance counters and clock; return the lr."
+    # not planned yet: inside warmup
+    lr = lr_at(state.global_step, state.total_steps or run.epoch_steps, run.cfg)
+    batches = micro_batches(run, s.train_data, order, state.step)
+    s.loss_acc += train_step(s.net, s.opt, batches, lr, run.cfg, run.device,
+                             state.dtype)
+    state.step += 1; state.global_step += 1; state.loss_count += 1
+    state.tokens += run.cfg.batch_size * run.mc.block_size
     s.bar.update(1)
     _show_speed(run, state, s, lr)
     state.elapsed = s.elapsed0 + time.time() - s.t_start
-    if state.global_step % 25 == 0: check_finite(run, state, s)   # a sync, so not every step
+    if state.global_step % 25 == 0: check_finite(run, state, s)  # a sync: not each step
     return lr
 
 def _show_speed(run, state, s, lr):
-    "The loss, learning rate and tokens per second on the progress bar, at most every `mininterval` seconds."
+    "Loss, learning rate and tokens per second on the bar, at most every `mininterval`."
     now = time.time()
     if run.rank == 0 and run.cfg.progress and now - s.last_tick >= s.bar.mininterval:
-        s.bar.set_postfix(loss=f'{(state.loss_sum + s.loss_acc.item()) / state.loss_count:.3f}', lr=f'{lr:.2e}',
-                          tok_s=f'{(state.tokens - s.last_tokens) / (now - s.last_tick):,.0f}', refresh=False)
+        loss = (state.loss_sum + s.loss_acc.item()) / state.loss_count
+        tok_s = (state.tokens - s.last_tokens) / (now - s.last_tick)
+        s.bar.set_postfix(loss=f'{loss:.3f}', lr=f'{lr:.2e}', tok_s=f'{tok_s:,.0f}',
+                          refresh=False)
         s.last_tick, s.last_tokens = now, state.tokens
 
 # %% ../nbs/05_training.ipynb #be4a894f
 def check_finite(run: RunSpec, state: LoopState, s: Session) -> None:
-    "Stop with one line (exit code 4) if the training loss is no longer a finite number."
+    """Stop with one line (exit code 4) if the training loss is no longer a finite
+    number."""
     loss = state.loss_sum + float(s.loss_acc.item())
     if math.isfinite(loss): return
-    raise MinillmError(f'training diverged by step {state.global_step}: the loss is {loss}; --learning-rate '
-                       f'{run.cfg.learning_rate:g} is too large for this model. Nothing was saved after it went wrong '
-                       f'({run.ck_root} keeps the earlier checkpoints): start again with a smaller rate, such as '
-                       f'--learning-rate {run.cfg.learning_rate / 10:g}, and --force-restart', ExitCode.TRAINING)
+    raise MinillmError(
+        f'training diverged by step {state.global_step}: the loss is {loss};'
+        f' --learning-rate {run.cfg.learning_rate:g} is too large for this model.'
+        f' Nothing was saved after it went wrong ({run.ck_root} keeps the earlier'
+        ' checkpoints): start again with a smaller rate, such as --learning-rate'
+        f' {run.cfg.learning_rate / 10:g}, and --force-restart',
+        ExitCode.TRAINING,
+    )
 
 # %% ../nbs/05_training.ipynb #e293b768
 def fold_loss(state: LoopState, s: Session) -> None:
-    "Move the training loss summed on the device into the state (a checkpoint saves the state)."
+    """Move the training loss summed on the device into the state (a checkpoint saves
+    the state)."""
     state.loss_sum += float(s.loss_acc.item()); s.loss_acc.zero_()
 
 def save(run: RunSpec, state: LoopState, s: Session, name: str) -> None:
-    "Checkpoint `name` (`last` or `best`) of the run as it stands (section 5.1's `save_checkpoint`); rank 0 writes."
+    """Checkpoint `name` (`last` or `best`) of the run as it stands (section 5.1's
+    `save_checkpoint`); rank 0 writes."""
     check_finite(run, state, s)   # never write a diverged model over a good one
     if run.rank == 0:
-        paths = dict(data_dir=str(run.data.resolve()), out_dir=str(run.out.resolve()))  # absolute: read from anywhere
-        save_checkpoint(run.ck_root, name, s.model, s.opt, state.to_dict(), {**asdict(run.cfg), **paths}, run.data / 'tokenizer.model', run.device)
+        # absolute: read from anywhere
+        paths = dict(data_dir=str(run.data.resolve()), out_dir=str(run.out.resolve()))
+        save_checkpoint(
+            run.ck_root,
+            name,
+            s.model,
+            s.opt,
+            state.to_dict(),
+            {**asdict(run.cfg), **paths},
+            run.data / 'tokenizer.model',
+            run.device,
+        )
 
 # %% ../nbs/05_training.ipynb #ae48f726
 def schedule_end(run: RunSpec, state: LoopState) -> int:
@@ -496,26 +624,35 @@ def schedule_end(run: RunSpec, state: LoopState) -> int:
     return state.total_steps or run.epoch_steps
 
 def evaluation_due(run: RunSpec, state: LoopState) -> bool:
-    "Whether to evaluate after the step just taken: every `eval_every` steps, and after the schedule's last step."
-    return state.global_step % run.eval_every == 0 or state.global_step == schedule_end(run, state)
+    """Whether to evaluate after the step just taken: every `eval_every` steps, and
+    after the schedule's last step."""
+    return state.global_step % run.eval_every == 0 or state.global_step == schedule_end(
+        run, state
+    )
 
 # %% ../nbs/05_training.ipynb #f1f9f011
-def metrics_line(run: RunSpec, state: LoopState, train_loss: float, val_loss: float, lr: float) -> dict:
-    "One line of metrics.jsonl: where the run is, its losses, bits per byte, learning rate and speed."
-    return dict(epoch=state.epoch + 1, step=state.global_step, tokens=state.tokens, train_loss=round(train_loss, 5),
-                val_loss=round(val_loss, 5), val_bpb=round(bits_per_byte(val_loss, run.meta['val_tokens'], run.meta['val_bytes']), 5),
-                lr=lr, tokens_per_s=round(state.tokens / max(state.elapsed, 1e-9)), elapsed=round(state.elapsed, 2))
+def metrics_line(run: RunSpec, state: LoopState, train_loss: float, val_loss: float,
+                 lr: float) -> dict:
+    "A line of metrics.jsonl: where the run is, losses, bits per byte, rate, speed."
+    bpb = bits_per_byte(val_loss, run.meta['val_tokens'], run.meta['val_bytes'])
+    return dict(epoch=state.epoch + 1, step=state.global_step, tokens=state.tokens,
+                train_loss=round(train_loss, 5), val_loss=round(val_loss, 5),
+                val_bpb=round(bpb, 5), lr=lr,
+                tokens_per_s=round(state.tokens / max(state.elapsed, 1e-9)),
+                elapsed=round(state.elapsed, 2))
 
 def evaluate_and_log(run: RunSpec, state: LoopState, s: Session, lr: float) -> dict:
-    "Validation loss and bits per byte: a line of metrics.jsonl and of the log, and the `best` checkpoint if it improved."
+    "Validation loss and bits per byte: a metrics and log line, `best` if it improved."
     check_finite(run, state, s)   # a diverged loss is never logged as a result
     train_loss = (state.loss_sum + float(s.loss_acc.item())) / max(1, state.loss_count)
     state.loss_sum, state.loss_count = 0.0, 0; s.loss_acc.zero_()
-    val_loss = evaluate_loss(s.model, s.val_data, run.mc.block_size, run.cfg.batch_size, run.cfg.eval_batches, run.device, state.dtype)
+    val_loss = evaluate_loss(s.model, s.val_data, run.mc.block_size, run.cfg.batch_size,
+                             run.cfg.eval_batches, run.device, state.dtype)
     m = metrics_line(run, state, train_loss, val_loss, lr)
     state.metrics.append(m)
-    _log(f'epoch {m["epoch"]} step {m["step"]}: train loss {m["train_loss"]:.3f}, val loss {m["val_loss"]:.3f}, '
-         f'val {m["val_bpb"]:.3f} bits/byte', run.rank, s.bar)
+    _log(f'epoch {m["epoch"]} step {m["step"]}: train loss {m["train_loss"]:.3f}, '
+         f'val loss {m["val_loss"]:.3f}, val {m["val_bpb"]:.3f} bits/byte', run.rank,
+         s.bar)
     if run.rank == 0:
         with open(run.out / 'metrics.jsonl', 'a') as f: f.write(json.dumps(m) + '\n')
     if state.best_val is None or val_loss < state.best_val:
@@ -525,57 +662,79 @@ def evaluate_and_log(run: RunSpec, state: LoopState, s: Session, lr: float) -> d
 
 # %% ../nbs/05_training.ipynb #b1f94437
 def stop_reason(run: RunSpec, state: LoopState, signal: str | None) -> str | None:
-    "Why the run stops after this step: a signal's name, 'max_time', 'max_steps', or None to go on."
+    """Why the run stops after this step: a signal's name, 'max_time', 'max_steps', or
+    None to go on."""
     if signal: return signal
-    grace = max(15.0, 0.1 * run.budget)   # the plan aims inside the budget; this only catches a machine that slowed
-    if state.elapsed >= run.budget + grace and state.global_step < schedule_end(run, state): return 'max_time'
+    # the plan aims inside the budget; this only catches a machine that slowed
+    grace = max(15.0, 0.1 * run.budget)
+    if state.elapsed >= run.budget + grace and state.global_step < schedule_end(
+        run, state
+    ):
+        return 'max_time'
     if run.cfg.max_steps and state.global_step >= run.cfg.max_steps: return 'max_steps'
     return None
 
 def agree_to_stop(run: RunSpec, reason: str | None) -> str | None:
-    "`reason`, agreed by every process: all stop if one wants to (the others as if at a step limit)."
-    if run.world > 1 and _any_rank(reason is not None, run.world, run.device): return reason or 'max_steps'
+    """`reason`, agreed by every process: all stop if one wants to (the others as if at
+    a step limit)."""
+    if run.world > 1 and _any_rank(reason is not None, run.world, run.device):
+        return reason or 'max_steps'
     return reason
 
 # %% ../nbs/05_training.ipynb #7b6df7e8
 def end_epoch(run: RunSpec, state: LoopState) -> bool:
-    "If the epoch's steps are all done, move the state to the start of the next epoch, and say so."
+    """If the epoch's steps are all done, move the state to the start of the next epoch,
+    and say so."""
     if state.step < run.steps_per_epoch: return False
     state.epoch, state.step = state.epoch + 1, 0
     return True
 
 def checkpoint_due(run: RunSpec, state: LoopState) -> bool:
-    "Whether the epoch just finished is saved as `last`: every `checkpoint_every` epochs, and the last one."
+    """Whether the epoch just finished is saved as `last`: every `checkpoint_every`
+    epochs, and the last one."""
     return state.epoch % run.cfg.checkpoint_every == 0 or state.epoch == run.cfg.epochs
 
 # %% ../nbs/05_training.ipynb #1ef262a3
 def plan_schedule(run: RunSpec, state: LoopState, s: Session) -> None:
-    "Time the first steps of this process; then fix the schedule's length if the budget decides it, and say so."
+    """Time the first steps of this process; then fix the schedule's length if the
+    budget decides it, and say so."""
     n = state.global_step - s.first_step
     if n == CALIBRATION[0]: s.t_calibrate = time.time()
-    if n != sum(CALIBRATION) or not s.t_calibrate: return   # not yet, or this process started mid-calibration
-    step_s = _rank_max((time.time() - s.t_calibrate) / CALIBRATION[1], run.world, run.device)  # the slowest decides
+    # not yet, or this process started mid-calibration
+    if n != sum(CALIBRATION) or not s.t_calibrate: return
+    # the slowest decides
+    step_s = _rank_max(
+        (time.time() - s.t_calibrate) / CALIBRATION[1], run.world, run.device
+    )
     if not state.total_steps:
-        state.total_steps, state.budget = steps_in_budget(run, state, step_s), run.cfg.max_time
+        state.total_steps, state.budget = (
+            steps_in_budget(run, state, step_s),
+            run.cfg.max_time,
+        )
         s.bar.total = state.total_steps; s.bar.refresh()
     _log(plan_text(run, state, step_s), run.rank, s.bar)
 
 def snapshot_due(state: LoopState) -> bool:
-    "Whether to keep a snapshot of the model after this step: halfway through the planned schedule."
+    """Whether to keep a snapshot of the model after this step: halfway through the
+    planned schedule."""
     return state.total_steps > 1 and state.global_step == state.total_steps // 2
 
 # %% ../nbs/05_training.ipynb #b05958eb
 def run_epochs(run: RunSpec, state: LoopState, s: Session) -> str | None:
-    "Train to the schedule's last step, or until something stops the run; return what stopped it (None: the end)."
+    "Train to the end of the schedule or until stopped; return why (None: the end)."
     stopped = lr = None
+    going = lambda: state.global_step < schedule_end(run, state) and stopped is None
     with StopFlag() as flag:
-        while state.global_step < schedule_end(run, state) and stopped is None:
-            order = epoch_windows(len(s.train_data), run.mc.block_size, run.cfg.seed, state.epoch)
-            while state.step < run.steps_per_epoch and state.global_step < schedule_end(run, state) and stopped is None:
+        while going():
+            order = epoch_windows(len(s.train_data), run.mc.block_size, run.cfg.seed,
+                                  state.epoch)
+            while state.step < run.steps_per_epoch and going():
                 lr = take_step(run, state, s, order)
                 plan_schedule(run, state, s)
                 if evaluation_due(run, state): evaluate_and_log(run, state, s, lr)
-                if snapshot_due(state) and run.rank == 0: save_snapshot(run.out, state.global_step, s.model, run.data / 'tokenizer.model')
+                if snapshot_due(state) and run.rank == 0:
+                    save_snapshot(run.out, state.global_step, s.model,
+                                  run.data / 'tokenizer.model')
                 stopped = agree_to_stop(run, stop_reason(run, state, flag.signal))
             if end_epoch(run, state) and checkpoint_due(run, state):
                 fold_loss(state, s); save(run, state, s, 'last')
@@ -585,139 +744,206 @@ def run_epochs(run: RunSpec, state: LoopState, s: Session) -> str | None:
 
 # %% ../nbs/05_training.ipynb #53df1c01
 # the options that make a run what it is: changing one would not continue the same run
-RUN_DEFINING = ('batch_size', 'learning_rate', 'min_lr', 'schedule', 'warmup', 'weight_decay', 'clip', 'grad_accum',
-                'seed', 'dropout')
+RUN_DEFINING = ('batch_size', 'learning_rate', 'min_lr', 'schedule', 'warmup',
+                'weight_decay', 'clip', 'grad_accum', 'seed', 'dropout')
 
 def check_resumable(run: RunSpec, start: Path) -> None:
-    "Refuse to resume from checkpoint `start` if its model shape or a run-defining option differs from this run's."
-    if not (start / 'config.json').is_file(): return  # load_checkpoint names what is missing
-    try: saved = ModelConfig.from_dict(json.loads((start / 'config.json').read_text())).to_dict()
+    "Refuse to resume from `start` if its shape or a run-defining option differ."
+    if not (start / 'config.json').is_file(): return  # load_checkpoint says what's gone
+    try: saved = ModelConfig.from_dict(json.loads((start / 'config.json').read_text()))
     except (ValueError, TypeError) as e:
-        raise MinillmError(f'checkpoint file {start / "config.json"} is corrupt or truncated ({e}); start afresh '
-                           f'with --force-restart', ExitCode.TRAINING) from None
-    if saved != run.mc.to_dict():
-        diff = ', '.join(f'{k} {saved.get(k)} -> {v}' for k, v in run.mc.to_dict().items() if saved.get(k) != v)
-        raise MinillmError(f'cannot resume: the checkpoint in {start} has another model shape ({diff}); '
-                           f'resume with the same --model options or use --force-restart', ExitCode.TRAINING)
+        raise MinillmError(f'checkpoint file {start / "config.json"} is corrupt or '
+                           f'truncated ({e}); start afresh with --force-restart',
+                           ExitCode.TRAINING) from None
+    saved, mine = saved.to_dict(), run.mc.to_dict()
+    if saved != mine:
+        diff = ', '.join(f'{k} {saved.get(k)} -> {v}' for k, v in mine.items()
+                         if saved.get(k) != v)
+        raise MinillmError(f'cannot resume: the checkpoint in {start} has another '
+                           f'model shape ({diff}); resume with the same --model '
+                           f'options or use --force-restart', ExitCode.TRAINING)
     try: options = json.loads((start / 'train_config.json').read_text())
-    except (OSError, ValueError): return            # an older checkpoint without it: the shape check is all there is
-    diff = [f'{_cli_flag(k)} {options[k]} -> {getattr(run.cfg, k)}' for k in RUN_DEFINING
-            if k in options and options[k] != getattr(run.cfg, k)]
+    except (OSError, ValueError): return   # older checkpoint: only the shape is checked
+    diff = [f'{_cli_flag(k)} {options[k]} -> {getattr(run.cfg, k)}'
+            for k in RUN_DEFINING if k in options and options[k] != getattr(run.cfg, k)]
     if diff:
-        raise MinillmError(f'cannot resume: this command changes the run in {start} ({", ".join(diff)}), so it would '
-                           f'not go on exactly; repeat the values in its train_config.json, or start afresh with '
-                           f'--force-restart', ExitCode.TRAINING)
+        raise MinillmError(f'cannot resume: this command changes the run in {start} '
+                           f'({", ".join(diff)}), so it would not go on exactly; '
+                           f'repeat the values in its train_config.json, or start '
+                           f'afresh with --force-restart', ExitCode.TRAINING)
 
 # %% ../nbs/05_training.ipynb #d5118f16
 def resume_schedule(run: RunSpec, state: LoopState) -> str | None:
-    "Set a resumed state's schedule length to what this command asks for; a line for the log if it changed."
-    if state.total_steps and (run.cfg.steps or run.budget == math.inf or state.budget == run.cfg.max_time):
+    """Set a resumed state's schedule length to what this command asks for; a line for
+    the log if it changed."""
+    if state.total_steps and (
+        run.cfg.steps or run.budget == math.inf or state.budget == run.cfg.max_time
+    ):
         want = fixed_length(run) or state.total_steps
-    else: want = fixed_length(run)                 # 0: a budget plans it again, after the first timed steps
+    # 0: a budget plans it again, after the first timed steps
+    else:
+        want = fixed_length(run)
     if want == state.total_steps: return None
     old, state.total_steps, state.budget = state.total_steps, want, run.cfg.max_time
-    new = f'{want:,} steps' if want else f'planned again for --max-time {run.cfg.max_time}'
-    return (f'the schedule changes from {old:,} steps to {new}, from step {state.global_step:,} on: the learning '
-            f'rate follows the new schedule from there')
+    new = (
+        f'{want:,} steps'
+        if want
+        else f'planned again for --max-time {run.cfg.max_time}'
+    )
+    return (
+        f'the schedule changes from {old:,} steps to {new}, from step'
+        f' {state.global_step:,} on: the learning rate follows the new schedule from'
+        ' there'
+    )
 
 # %% ../nbs/05_training.ipynb #84caa5ac
 def _setup(run: RunSpec) -> tuple[MiniLLM, torch.optim.Optimizer, LoopState]:
-    "The model, its optimizer and the loop state: fresh, or resumed from the later of `checkpoints/{last,best}`."
-    # rank 0 alone decides (it may delete the checkpoints for --force-restart); the others wait for its answer
+    """The model, its optimizer and the loop state: fresh, or resumed from the later of
+    `checkpoints/{last,best}`."""
+    # rank 0 alone decides (it may delete the checkpoints for --force-restart); the
+    # others wait for its answer
     resume = resolve_start(run.ck_root, run.cfg) if run.rank == 0 else False
-    if run.world > 1: resume = _any_rank(resume, run.world, run.device)   # a barrier: rank 0 has decided
+    # a barrier: rank 0 has decided
+    if run.world > 1: resume = _any_rank(resume, run.world, run.device)
     start = run.ck_root / resume_point(run.ck_root) if resume else None
     if start: check_resumable(run, start)
     torch.manual_seed(run.cfg.seed)
     model = MiniLLM(run.mc).to(run.device)
     opt = make_optimizer(model, run.cfg, run.device)
-    if not start: return model, opt, LoopState(total_steps=fixed_length(run), budget=run.cfg.max_time)
+    if not start:
+        return (
+            model,
+            opt,
+            LoopState(total_steps=fixed_length(run), budget=run.cfg.max_time),
+        )
     state = LoopState.from_dict(load_checkpoint(start, model, opt, run.device))
     if change := resume_schedule(run, state): _log(change, run.rank)
     return model, opt, state
 
 # %% ../nbs/05_training.ipynb #acf1025e
 def choose_dtype(run: RunSpec, state: LoopState, model, train_data) -> str:
-    "The number format of the run: the resumed state's, the option's, or the faster one here (all processes agree)."
+    """The number format of the run: the resumed state's, the option's, or the faster
+    one here (all processes agree)."""
     def here():
         if state.dtype: return state.dtype       # a resumed run keeps its number format
         if run.cfg.dtype != 'auto': return run.cfg.dtype
         if run.device.type == 'mps': return 'float32'
         micro = run.micro // run.world
-        rows = micro if run.device.type == 'cuda' else min(micro, 4)  # a CPU probe only needs the ratio
-        x, y = get_batch(train_data, np.arange(rows, dtype=np.int64) * run.mc.block_size, run.mc.block_size)
-        rng = torch.get_rng_state()   # the probe's passes may draw dropout masks: leave the numbers as they were
+        # a CPU probe only needs the ratio
+        rows = micro if run.device.type == 'cuda' else min(micro, 4)
+        x, y = get_batch(
+            train_data,
+            np.arange(rows, dtype=np.int64) * run.mc.block_size,
+            run.mc.block_size,
+        )
+        # the probe's passes may draw dropout masks: leave the numbers as they were
+        rng = torch.get_rng_state()
         t = measure_dtype(model, x.to(run.device), y.to(run.device), run.device)
         torch.set_rng_state(rng)
         return 'bfloat16' if t['bfloat16'] < 0.9 * t['float32'] else 'float32'
-    return 'bfloat16' if _any_rank(here() == 'bfloat16', run.world, run.device) else 'float32'
+    return (
+        'bfloat16'
+        if _any_rank(here() == 'bfloat16', run.world, run.device)
+        else 'float32'
+    )
 
 # %% ../nbs/05_training.ipynb #b2da2b77
 def plot_losses(metrics: list[dict], path: Path) -> None:
     "Write the training and validation loss curves against tokens seen to `path` (PNG)."
-    import matplotlib; matplotlib.use('Agg', force=False) if 'matplotlib.pyplot' not in sys.modules else None
+    import matplotlib
+    if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg', force=False)
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(5.5, 3), dpi=80); ax = fig.subplots()
+    fig = Figure(figsize=(8, 3.5), dpi=100); ax = fig.subplots()
     t = [m['tokens'] / 1e6 for m in metrics]
-    dots = dict(marker='o') if len(t) < 3 else {}  # one evaluation is a point: a line alone would not show it
-    ax.plot(t, [m['train_loss'] for m in metrics], label='train', **dots); ax.plot(t, [m['val_loss'] for m in metrics], label='validation', **dots)
-    ax.set_xlabel('tokens seen (millions)'); ax.set_ylabel('loss (nats/token)'); ax.legend(); ax.grid(alpha=.3)
+    dots = dict(marker='o') if len(t) < 3 else {}  # one evaluation: a point, not a line
+    ax.plot(t, [m['train_loss'] for m in metrics], label='train', **dots)
+    ax.plot(t, [m['val_loss'] for m in metrics], label='validation', **dots)
+    ax.set_xlabel('tokens seen (millions)'); ax.set_ylabel('loss (nats/token)')
+    ax.legend(); ax.grid(alpha=.3)
     fig.tight_layout()
     with atomic_write(path, 'wb', encoding=None) as f: fig.savefig(f, format='png')
 
 # %% ../nbs/05_training.ipynb #3cc8ca8d
 def summary_of(run: RunSpec, state: LoopState, model, stopped: str | None) -> dict:
     "The run's summary.json: how far it got, how fast, its final and best losses."
-    last, tps = state.metrics[-1] if state.metrics else {}, state.tokens / max(state.elapsed, 1e-9)
-    summary = dict(status='complete' if stopped is None else f'stopped ({stopped})', epochs_done=state.epoch,
-                   steps=state.global_step, total_steps=schedule_end(run, state), tokens=state.tokens,
-                   elapsed_s=round(state.elapsed, 2), tokens_per_s=round(tps), params=count_params(run.mc),
-                   model_flops_per_s=round(tps * flops_per_token(run.mc)), device=str(run.device), dtype=state.dtype,
-                   processes=run.world, final_train_loss=last.get('train_loss'), final_val_loss=last.get('val_loss'),
-                   final_val_bpb=last.get('val_bpb'), best_val_loss=state.best_val,
-                   best_val_bpb=min((m['val_bpb'] for m in state.metrics), default=None), checkpoints=str(run.ck_root))
-    if run.world > 1: summary['ranks_in_sync'] = ranks_in_sync(model, run.world, run.device)
+    last, tps = state.metrics[-1] if state.metrics else {}, state.tokens / max(
+        state.elapsed, 1e-9
+    )
+    summary = dict(
+        status='complete' if stopped is None else f'stopped ({stopped})',
+        epochs_done=state.epoch,
+        steps=state.global_step,
+        total_steps=schedule_end(run, state),
+        tokens=state.tokens,
+        elapsed_s=round(state.elapsed, 2),
+        tokens_per_s=round(tps),
+        params=count_params(run.mc),
+        model_flops_per_s=round(tps * flops_per_token(run.mc)),
+        device=str(run.device),
+        dtype=state.dtype,
+        processes=run.world,
+        final_train_loss=last.get('train_loss'),
+        final_val_loss=last.get('val_loss'),
+        final_val_bpb=last.get('val_bpb'),
+        best_val_loss=state.best_val,
+        best_val_bpb=min((m['val_bpb'] for m in state.metrics), default=None),
+        checkpoints=str(run.ck_root),
+    )
+    if run.world > 1:
+        summary['ranks_in_sync'] = ranks_in_sync(model, run.world, run.device)
     return summary
 
 # %% ../nbs/05_training.ipynb #24a28fdc
 def _finish(run: RunSpec, state: LoopState, model, stopped: str | None) -> dict:
-    "Write summary.json and loss.png; on a signal, say how to resume and raise KeyboardInterrupt."
+    "Write summary.json and loss.png; on a signal, say how to resume and raise."
     summary, cfg = summary_of(run, state, model, stopped), run.cfg
+    end = schedule_end(run, state)
     if run.rank == 0:
-        with atomic_write(run.out / 'summary.json') as f: json.dump(summary, f, indent=1)
+        with atomic_write(run.out / 'summary.json') as f:
+            json.dump(summary, f, indent=1)
         if state.metrics: plot_losses(state.metrics, run.out / 'loss.png')
     if stopped in ('SIGINT', 'SIGTERM'):
-        _log(f'stopped by {stopped} at epoch {state.epoch + 1} step {state.step} (step {state.global_step} of '
-             f'{schedule_end(run, state)}); saved {run.ck_root / "last"}; continue with the same command plus --resume', run.rank)
+        _log(f'stopped by {stopped} at epoch {state.epoch + 1} step {state.step} (step '
+             f'{state.global_step} of {end}); saved {run.ck_root / "last"}; continue '
+             f'with the same command plus --resume', run.rank)
         raise KeyboardInterrupt(stopped)
     if stopped == 'max_time':  # the machine slowed down after the plan was made
-        _log(f'stopped at the --max-time {cfg.max_time} budget at step {state.global_step} of {schedule_end(run, state)}: '
-             f'the machine ran slower than when the schedule was planned; the same command plus --resume finishes it',
+        _log(f'stopped at the --max-time {cfg.max_time} budget at step '
+             f'{state.global_step} of {end}: the machine ran slower than when the '
+             f'schedule was planned; the same command plus --resume finishes it',
              run.rank)
 
     elif stopped:
-        _log(f'stopped at --max-steps {cfg.max_steps}; to train on, add --resume with a larger --max-steps', run.rank)
+        _log(f'stopped at --max-steps {cfg.max_steps}; to train on, add --resume with '
+             f'a larger --max-steps', run.rank)
     return summary
 
 def _longer(budget: str) -> str:
-    "Twice the time budget `budget`, written as --max-time takes it: 4m -> 8m, 45m -> 1h30m."
+    "Twice the budget `budget`, written as --max-time takes it: 4m -> 8m, 45m -> 1h30m."
     s = round(2 * parse_duration(budget))
     parts = [(s // 3600, 'h'), (s % 3600 // 60, 'm'), (s % 60, 's')]
     return ''.join(f'{n}{u}' for n, u in parts if n) or '1m'
 
 # %% ../nbs/05_training.ipynb #14f59333
 def _prepare_output(run: RunSpec, n_train_tokens: int) -> None:
-    "Check the checkpoint directory, the batch and the free disk before anything is trained; recover a killed save."
-    if run.rank == 0: ensure_writable_dir(run.ck_root, 'checkpoint directory', ExitCode.TRAINING); recover_checkpoints(run.ck_root)
-    if run.world > 1: _any_rank(False, run.world, run.device)  # wait for rank 0's checks
+    "Check checkpoint folder, batch and disk before training; recover a killed save."
+    if run.rank == 0:
+        ensure_writable_dir(run.ck_root, 'checkpoint directory', ExitCode.TRAINING)
+        recover_checkpoints(run.ck_root)
+    if run.world > 1: _any_rank(False, run.world, run.device)  # wait for rank 0's check
     if run.micro % run.world:
-        raise MinillmError(f'--batch-size / --grad-accum = {run.micro} must be a multiple of the {run.world} processes')
-    n_windows, T = len(epoch_windows(n_train_tokens, run.mc.block_size, run.cfg.seed, 0)), run.mc.block_size
+        raise MinillmError(f'--batch-size / --grad-accum = {run.micro} must be a '
+                           f'multiple of the {run.world} processes')
+    T = run.mc.block_size
+    n_windows = len(epoch_windows(n_train_tokens, T, run.cfg.seed, 0))
     if n_windows < run.cfg.batch_size:
-        raise MinillmError(f'the training split has only {n_windows} windows of {T} tokens, fewer than '
-                           f'--batch-size {run.cfg.batch_size}; use a smaller batch or context, or more data', ExitCode.USAGE)
-    if run.rank == 0:  # last, best and one being written, each with weights and AdamW's two moments in float32
-        ensure_free_disk(run.out, 3 * 3 * 4 * count_params(run.mc) + (4 << 20), 'checkpoints', ExitCode.TRAINING)
+        raise MinillmError(f'the training split has only {n_windows} windows of {T} '
+                           f'tokens, fewer than --batch-size {run.cfg.batch_size}; use '
+                           f'a smaller batch or context, or more data', ExitCode.USAGE)
+    # last, best and one being written, each with weights and AdamW's two moments
+    if run.rank == 0:
+        ensure_free_disk(run.out, 3 * 3 * 4 * count_params(run.mc) + (4 << 20),
+                         'checkpoints', ExitCode.TRAINING)
 
 # %% ../nbs/05_training.ipynb #ab123609
 def _train_locked(run: RunSpec) -> dict:
@@ -728,60 +954,83 @@ def _train_locked(run: RunSpec) -> dict:
     model, opt, state = _setup(run)
     state.dtype = choose_dtype(run, state, model, train_data)
     if run.rank == 0:
-        with atomic_write(run.out / 'metrics.jsonl') as f: f.writelines(json.dumps(m) + '\n' for m in state.metrics)
-    _log(f'training {count_params(run.mc) / 1e6:.2f}M parameters on {run.device} ({state.dtype}, {run.world} '
-         f'process{"es" if run.world > 1 else ""}): steps of {run.cfg.batch_size} x {run.mc.block_size} tokens, '
-         f'{run.steps_per_epoch:,} an epoch'
-         + (f', resuming at epoch {state.epoch + 1} step {state.step}' if state.global_step else ''), run.rank)
-    if run.rank == 0 and state.global_step == 0:  # a fresh run: the untrained model, for chapter 6
+        with atomic_write(run.out / 'metrics.jsonl') as f:
+            f.writelines(json.dumps(m) + '\n' for m in state.metrics)
+    procs = f'{run.world} process{"es" if run.world > 1 else ""}'
+    resuming = f', resuming at epoch {state.epoch + 1} step {state.step}'
+    steps = f'steps of {run.cfg.batch_size} x {run.mc.block_size} tokens'
+    _log(f'training {count_params(run.mc) / 1e6:.2f}M parameters on {run.device} '
+         f'({state.dtype}, {procs}): {steps}, {run.steps_per_epoch:,} an epoch'
+         + (resuming if state.global_step else ''), run.rank)
+    if run.rank == 0 and state.global_step == 0:  # fresh: the untrained model, ch. 6
         shutil.rmtree(run.out / 'snapshots', ignore_errors=True)
         save_snapshot(run.out, 0, model, run.data / 'tokenizer.model')
     if state.global_step >= schedule_end(run, state):
-        _log(f'the run has already finished its schedule of {state.global_step:,} steps; to train on, resume with a '
-             f'larger --max-time (the run\'s whole training time) or a larger --steps', run.rank)
+        _log(f'the run has already finished its schedule of {state.global_step:,} '
+             f'steps; to train on, resume with a larger --max-time (the run\'s whole '
+             f'training time) or a larger --steps', run.rank)
     s = open_session(run, model, opt, state, train_data, val_data)
     s.net.train()
     return _finish(run, state, model, run_epochs(run, state, s))
 
 # %% ../nbs/05_training.ipynb #402bd945
 def train(config: TrainConfig) -> dict:
-    "Train a `MiniLLM` on the token shards in `config.data_dir`; write checkpoints, metrics and a plot; return the summary."
+    """Train a `MiniLLM` on the token shards in `config.data_dir`; write checkpoints,
+    metrics and a plot; return the summary."""
     cfg = config; check_config(cfg)
     data, out = Path(cfg.data_dir or '.'), Path(cfg.out_dir or '.')
     rank, world, device = init_distributed(pick_device(cfg.device))
     meta = check_data(data, model_config(cfg, 1).block_size)
-    run = RunSpec(cfg, data, out, meta, model_config(cfg, meta['vocab_size']), device, rank, world)
+    run = RunSpec(
+        cfg, data, out, meta, model_config(cfg, meta['vocab_size']), device, rank, world
+    )
     if rank == 0: ensure_writable_dir(out, 'output directory', ExitCode.TRAINING)
-    with run_lock(out, ExitCode.TRAINING) if rank == 0 else contextlib.nullcontext():  # one run per directory
-        try: return _train_locked(run)
-        except OSError as e:  # a disk that fills up while metrics or the summary are written: checkpoints are safe
-            raise MinillmError(f'training stopped: {e.strerror or e}{f" ({e.filename})" if e.filename else ""}; the '
-                               f'checkpoints written so far are intact: fix that, then continue with --resume',
-                               ExitCode.TRAINING) from None
+    # one run per directory
+    with run_lock(out, ExitCode.TRAINING) if rank == 0 else contextlib.nullcontext():
+        try:
+            return _train_locked(run)
+        # a disk that fills up while metrics or the summary are written: checkpoints are
+        # safe
+        except OSError as e:
+            raise MinillmError(
+                'training stopped:'
+                f' {e.strerror or e}{f" ({e.filename})" if e.filename else ""}; the'
+                ' checkpoints written so far are intact: fix that, then continue with'
+                ' --resume',
+                ExitCode.TRAINING,
+            ) from None
 
 # %% ../nbs/05_training.ipynb #0f50b19a
 def _run_train(args) -> int:
     cfg = config_from_args(TrainConfig, args)
     try: s = train(cfg)
     finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     if int(os.environ.get('RANK', '0')) == 0:
         val = ('no evaluation yet' if s['final_val_loss'] is None
                else f'val loss {s["final_val_loss"]}, {s["final_val_bpb"]} bits/byte')
-        print(f'{s["status"]}: {s["steps"]} steps, {s["tokens"]:,} tokens in {s["elapsed_s"]:.0f} s '
-              f'({s["tokens_per_s"]:,} tokens/s); {val} -> {cfg.out_dir}')
+        print(f'{s["status"]}: {s["steps"]} steps, {s["tokens"]:,} tokens in '
+              f'{s["elapsed_s"]:.0f} s ({s["tokens_per_s"]:,} tokens/s); {val} -> '
+              f'{cfg.out_dir}')
     return 0
 
 def add_cli(subparsers) -> None:
-    "Register `minillm train`: an option per `TrainConfig` field (the core module's `add_options`)."
-    p = add_command(subparsers, 'train', _run_train, 'train a model on token shards, with checkpoints and exact resume',
-                    ['minillm train --data data/tok --out runs/first --epochs 20 --batch-size 32 --learning-rate 3e-4',
+    "Register `minillm train`: an option per `TrainConfig` field (`add_options`)."
+    p = add_command(subparsers, 'train', _run_train,
+                    'train a model on token shards, with checkpoints and exact resume',
+                    ['minillm train --data data/tok --out runs/first --epochs 20 '
+                     '--batch-size 32 --learning-rate 3e-4',
                      'minillm train --data data/tok --out runs/first --resume',
-                     'torchrun --nproc_per_node 4 -m minillm.training --data data/tok --out runs/ddp'])
-    add_options(p, TrainConfig, flags={'data_dir': '--data', 'out_dir': '--out', 'progress': '--quiet'},
-                data_dir=dict(required=True), out_dir=dict(required=True), model=dict(choices=list(MODEL_PRESETS)))
+                     'torchrun --nproc_per_node 4 -m minillm.training --data data/tok '
+                     '--out runs/ddp'])
+    add_options(p, TrainConfig,
+                flags={'data_dir': '--data', 'out_dir': '--out', 'progress': '--quiet'},
+                data_dir=dict(required=True), out_dir=dict(required=True),
+                model=dict(choices=list(MODEL_PRESETS)))
 
 # %% ../nbs/05_training.ipynb #8b271a43
-if __name__ == '__main__' and not hasattr(sys, 'ps1') and 'ipykernel' not in sys.modules:
+if (__name__ == '__main__' and not hasattr(sys, 'ps1')
+        and 'ipykernel' not in sys.modules):
     from minillm.core import main as _main
     sys.exit(_main(['train'] + sys.argv[1:]))
