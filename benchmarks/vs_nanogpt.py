@@ -94,7 +94,8 @@ def worker(data: Path, vocab: int, steps: int, compile: bool) -> dict:
     if os.environ.get('OMP_NUM_THREADS'): torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
     train = np.memmap(data / 'train.bin', dtype=np.uint16, mode='r')
     B, T = SHAPE['batch_size'], SHAPE['block_size']
-    cfg = TrainConfig(batch_size=B, learning_rate=1e-3, warmup=100, min_lr=1e-4, compile=compile)
+    cfg = TrainConfig(batch_size=B, learning_rate=1e-3, warmup=100, min_lr=1e-4, compile=compile,
+                      optimizer='adamw')  # nanoGPT's optimizer: like for like
     mc = ModelConfig(vocab_size=vocab, block_size=T, n_layer=SHAPE['n_layer'], n_head=SHAPE['n_head'],
                      n_kv_head=SHAPE['n_head'], n_embd=SHAPE['n_embd'], dropout=0.0)
     torch.manual_seed(1337)

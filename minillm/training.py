@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_training.ipynb #fcf9857f
 from __future__ import annotations
-import contextlib, json, math, os, shutil, signal, sys, time
+import contextlib, json, math, os, re, shutil, signal, sys, time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -22,14 +22,15 @@ from .checkpoint import (check_start_flags, existing_checkpoints,
 from .tokenizer import load_shard, check_shards
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'CALIBRATION', 'RUN_DEFINING', 'TrainConfig', 'check_numbers', 'check_config', 'epoch_windows',
-           'get_batch', 'bits_per_byte', 'make_optimizer', 'lr_at', 'pick_device', 'autocast', 'measure_dtype',
-           'model_config', 'check_data', 'init_distributed', 'ranks_in_sync', 'evaluate_loss', 'train_step',
-           'fastest_threads', 'StopFlag', 'resolve_start', 'RunSpec', 'plan_run', 'LoopState', 'fixed_length',
-           'steps_in_budget', 'plan_text', 'micro_batches', 'Session', 'open_session', 'take_step', 'check_finite',
-           'fold_loss', 'save', 'schedule_end', 'evaluation_due', 'metrics_line', 'evaluate_and_log', 'stop_reason',
-           'agree_to_stop', 'end_epoch', 'checkpoint_due', 'plan_schedule', 'snapshot_due', 'run_epochs',
-           'check_resumable', 'resume_schedule', 'choose_dtype', 'plot_losses', 'summary_of', 'train', 'add_cli']
+__all__ = ['OPTIMIZERS', 'SCHEDULES', 'CALIBRATION', 'RUN_DEFINING', 'TrainConfig', 'check_numbers', 'check_config',
+           'epoch_windows', 'get_batch', 'bits_per_byte', 'orthogonalize', 'Muon', 'Optimizers', 'make_optimizer',
+           'lr_at', 'pick_device', 'autocast', 'measure_dtype', 'cpu_has_bf16', 'model_config', 'check_data',
+           'init_distributed', 'ranks_in_sync', 'evaluate_loss', 'train_step', 'fastest_threads', 'StopFlag',
+           'resolve_start', 'RunSpec', 'plan_run', 'LoopState', 'fixed_length', 'steps_in_budget', 'plan_text',
+           'micro_batches', 'Session', 'open_session', 'take_step', 'check_finite', 'fold_loss', 'save', 'schedule_end',
+           'evaluation_due', 'metrics_line', 'evaluate_and_log', 'stop_reason', 'agree_to_stop', 'end_epoch',
+           'checkpoint_due', 'plan_schedule', 'snapshot_due', 'run_epochs', 'check_resumable', 'resume_schedule',
+           'choose_dtype', 'plot_losses', 'summary_of', 'train', 'add_cli']
 
 # %% ../nbs/05_training.ipynb #3c4c5030
 @dataclass
@@ -66,8 +67,11 @@ class TrainConfig:
     schedule: str = 'cosine'
     # learning rate at the schedule's last step (0: anneal all the way)
     min_lr: float = 0.0
-    # AdamW decay on the matrices (never on norms and embeddings)
+    # decay of the weight matrices (never of norms and embeddings)
     weight_decay: float = 0.1
+    # muon: Muon for the blocks' matrices, AdamW for the rest; or adamw for all
+    optimizer: str = 'muon'
+    muon_lr: float = 0.01         # Muon's peak learning rate (same warmup and schedule)
     clip: float = 1.0             # gradient-norm clipping; 0 turns it off
     eval_every: int = 250  # optimizer steps between evaluations; 0: once per epoch
     eval_batches: int = 20        # validation batches per evaluation
@@ -84,7 +88,7 @@ class TrainConfig:
     progress: bool = True         # a progress bar on stderr; --quiet turns it off
 
 # %% ../nbs/05_training.ipynb #8855d02d
-_POSITIVE = ('epochs', 'batch_size', 'learning_rate', 'grad_accum', 'eval_batches',
+_POSITIVE = ('epochs', 'batch_size', 'learning_rate', 'muon_lr', 'grad_accum', 'eval_batches',
              'checkpoint_every', 'block_size', 'n_layer', 'n_head', 'n_kv_head',
              'n_embd')
 _NON_NEGATIVE = ('dropout', 'warmup', 'min_lr', 'weight_decay', 'clip', 'eval_every',
@@ -116,6 +120,8 @@ def check_numbers(cfg: TrainConfig) -> None:
                            f'zeroed), not {cfg.dropout}')
 
 # %% ../nbs/05_training.ipynb #297bf1f9
+OPTIMIZERS = ('muon', 'adamw')  # muon: Muon for the blocks' matrices, AdamW the rest
+
 def check_config(cfg: TrainConfig) -> None:
     "Raise a one-line `MinillmError` (usage) for options that cannot work."
     check_numbers(cfg)
@@ -137,6 +143,13 @@ def check_config(cfg: TrainConfig) -> None:
         raise MinillmError(
             f'--schedule must be one of {", ".join(SCHEDULES)}, not {cfg.schedule!r}'
         )
+    if cfg.optimizer not in OPTIMIZERS:
+        raise MinillmError(
+            f'--optimizer must be one of {", ".join(OPTIMIZERS)}, not {cfg.optimizer!r}'
+        )
+    if cfg.optimizer == 'muon' and not hasattr(torch.optim, 'Muon'):
+        raise MinillmError(f'--optimizer muon needs PyTorch 2.9 or later (this is '
+                           f'{torch.__version__}); upgrade torch or use --optimizer adamw')
     if cfg.max_time: parse_duration(cfg.max_time)
 
 # %% ../nbs/05_training.ipynb #282ba062
@@ -160,16 +173,94 @@ def bits_per_byte(loss: float, n_tokens: int, n_bytes: int) -> float:
     encode."""
     return loss * n_tokens / (math.log(2) * n_bytes)
 
+# %% ../nbs/05_training.ipynb #6ea8106a
+def orthogonalize(m, steps: int = 5, abc=(3.4445, -4.7750, 2.0315), eps: float = 1e-7,
+                  dtype=torch.float32):
+    "About U V^T of m = U S V^T: Newton-Schulz iterations in `dtype` (torch.optim.Muon's)."
+    a, b, c = abc
+    x = m.to(dtype)
+    if m.size(0) > m.size(1): x = x.T
+    x = x.div(x.norm().clamp(min=eps))            # singular values at most 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if m.size(0) > m.size(1) else x
+
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon with the Newton-Schulz iteration in `ns_dtype`. PyTorch runs it
+    in bfloat16, which a CPU without bfloat16 units emulates, 16 times slower."""
+    def __init__(self, params, ns_dtype=torch.float32, **options):
+        super().__init__(params, **options); self.ns_dtype = ns_dtype
+
+    @torch.no_grad()
+    def step(self):
+        for g in self.param_groups:
+            ps, grads, bufs = [], [], []
+            self._init_group(g, ps, grads, bufs)
+            for p, grad, buf in zip(ps, grads, bufs):
+                buf.lerp_(grad, 1 - g['momentum'])   # momentum, then Nesterov's look-ahead
+                u = grad.lerp(buf, g['momentum']) if g['nesterov'] else buf
+                u = orthogonalize(u, g['ns_steps'], g['ns_coefficients'], g['eps'],
+                                  self.ns_dtype)
+                p.mul_(1 - g['lr'] * g['weight_decay'])          # decoupled decay
+                p.add_(u, alpha=-g['lr'] * math.sqrt(max(1, p.size(0) / p.size(1))))
+
+
+# %% ../nbs/05_training.ipynb #9c1117da
+class Optimizers:
+    "Optimizers stepped as one: one list of param groups, one state dict to save."
+    def __init__(self, *opts): self.opts = opts
+    @property
+    def param_groups(self) -> list: return [g for o in self.opts for g in o.param_groups]
+    def step(self):
+        for o in self.opts: o.step()
+    def zero_grad(self, set_to_none: bool = True):
+        for o in self.opts: o.zero_grad(set_to_none=set_to_none)
+    def state_dict(self) -> dict:
+        "Their states numbered one after the other, as one optimizer's would be."
+        state, groups, n = {}, [], 0
+        for sd in (o.state_dict() for o in self.opts):
+            state.update({i + n: s for i, s in sd['state'].items()})
+            groups += [dict(g, params=[i + n for i in g['params']])
+                       for g in sd['param_groups']]
+            n += sum(len(g['params']) for g in sd['param_groups'])
+        return {'state': state, 'param_groups': groups}
+    def load_state_dict(self, sd: dict):
+        n, k = 0, 0
+        for o in self.opts:
+            groups = sd['param_groups'][k:k + len(o.param_groups)]
+            ids = [i for g in groups for i in g['params']]
+            o.load_state_dict({
+                'state': {i - n: sd['state'][i] for i in ids if i in sd['state']},
+                'param_groups': [dict(g, params=[i - n for i in g['params']])
+                                 for g in groups]})
+            n, k = n + len(ids), k + len(groups)
+
+
 # %% ../nbs/05_training.ipynb #95f53d79
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    "AdamW with weight decay on the weight matrices only (not on norms or embeddings)."
-    decay, no_decay = [], []
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
+    """AdamW, weight decay on matrices only; with `optimizer='muon'`, Muon takes the
+    blocks' matrices. Each param group's `lr_scale` is its peak over `learning_rate`."""
+    decay, no_decay, matrices = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad: continue
-        (decay if p.dim() >= 2 and 'embed' not in name else no_decay).append(p)
-    groups = [dict(params=decay, weight_decay=cfg.weight_decay), dict(params=no_decay, weight_decay=0.0)]
+        if cfg.optimizer == 'muon' and p.dim() == 2 and name.startswith('blocks.'):
+            matrices.append(p)
+        else: (decay if p.dim() >= 2 and 'embed' not in name else no_decay).append(p)
+    groups = [dict(params=ps, weight_decay=wd, lr_scale=1.0) for ps, wd in
+              ((decay, cfg.weight_decay), (no_decay, 0.0)) if ps]
     fast = dict(fused=True) if device.type in ('cuda', 'cpu') else dict(foreach=True)
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.95), eps=1e-8, **fast)
+    adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.95),
+                              eps=1e-8, **fast)
+    if cfg.optimizer == 'adamw': return adamw
+    # Keller Jordan's scale, sqrt(max(1, rows / columns)) times the rate; bfloat16
+    # Newton-Schulz only where it is fast (PyTorch's choice, on a GPU)
+    ns = torch.bfloat16 if device.type == 'cuda' else torch.float32
+    muon = Muon(matrices, ns_dtype=ns, lr=cfg.muon_lr, weight_decay=cfg.weight_decay,
+                adjust_lr_fn='original')
+    for g in muon.param_groups: g['lr_scale'] = cfg.muon_lr / cfg.learning_rate
+    return Optimizers(adamw, muon)
+
 
 # %% ../nbs/05_training.ipynb #ea3e9cd6
 SCHEDULES = {  # the share of (peak - min_lr) still applied at progress p, from 0 to 1
@@ -230,6 +321,14 @@ def measure_dtype(model, x, y, device: torch.device, reps: int = 3) -> dict[str,
         except RuntimeError: times[dtype] = float('inf')  # bfloat16 unsupported here
     model.zero_grad(set_to_none=True)
     return times
+
+def cpu_has_bf16() -> bool | None:
+    """Whether this CPU has bfloat16 units (AVX512-BF16, AMX or Arm's BF16), from the
+    flags Linux lists; None where it does not list them."""
+    try: text = Path('/proc/cpuinfo').read_text()
+    except OSError: return None
+    flags = set(re.findall(r'\b(avx512_bf16|amx_bf16|bf16)\b', text))
+    return bool(flags) if re.search(r'^(flags|Features)\s*:', text, re.M) else None
 
 def _sync(device):
     if device.type == 'cuda': torch.cuda.synchronize()
@@ -324,7 +423,7 @@ def train_step(model, opt, batches, lr: float, cfg: TrainConfig, device,
             loss.backward()
         total = total + loss.detach()
     if cfg.clip: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-    for g in opt.param_groups: g['lr'] = lr
+    for g in opt.param_groups: g['lr'] = lr * g.get('lr_scale', 1.0)
     opt.step(); opt.zero_grad(set_to_none=True)  # None, not zeros: no pass over memory
     return total
 
@@ -601,7 +700,7 @@ def fold_loss(state: LoopState, s: Session) -> None:
     state.loss_sum += float(s.loss_acc.item()); s.loss_acc.zero_()
 
 def save(run: RunSpec, state: LoopState, s: Session, name: str) -> None:
-    """Checkpoint `name` (`last` or `best`) of the run as it stands (section 5.1's
+    """Checkpoint `name` (`last` or `best`) of the run as it stands (the checkpoints section's
     `save_checkpoint`); rank 0 writes."""
     check_finite(run, state, s)   # never write a diverged model over a good one
     if run.rank == 0:
@@ -745,7 +844,8 @@ def run_epochs(run: RunSpec, state: LoopState, s: Session) -> str | None:
 # %% ../nbs/05_training.ipynb #53df1c01
 # the options that make a run what it is: changing one would not continue the same run
 RUN_DEFINING = ('batch_size', 'learning_rate', 'min_lr', 'schedule', 'warmup',
-                'weight_decay', 'clip', 'grad_accum', 'seed', 'dropout')
+                'weight_decay', 'clip', 'grad_accum', 'seed', 'dropout',
+                'optimizer', 'muon_lr')
 
 def check_resumable(run: RunSpec, start: Path) -> None:
     "Refuse to resume from `start` if its shape or a run-defining option differ."
@@ -828,6 +928,9 @@ def choose_dtype(run: RunSpec, state: LoopState, model, train_data) -> str:
         if state.dtype: return state.dtype       # a resumed run keeps its number format
         if run.cfg.dtype != 'auto': return run.cfg.dtype
         if run.device.type == 'mps': return 'float32'
+        # without bfloat16 units a CPU only emulates it: no probe, which a busy machine
+        # could fool into choosing the slower format (seen at a load of 5 on 2 cores)
+        if run.device.type == 'cpu' and cpu_has_bf16() is False: return 'float32'
         micro = run.micro // run.world
         # a CPU probe only needs the ratio
         rows = micro if run.device.type == 'cuda' else min(micro, 4)
