@@ -315,31 +315,21 @@ def reference_bigrams(text: str, lengths: list[int], groups: int = 8) -> float:
 # %% ../nbs/06_generation.ipynb #6eae885a
 VALIDATE_PROMPTS = ['', 'The', 'It was', 'He said', 'In the morning', 'She']
 
-def validation_inputs(ck: Path, data_dir=None, corpus_dir=None) -> tuple[Path,
-                                                                         Path | None]:
+def validation_inputs(ck: Path, data_dir=None,
+                      corpus_dir=None) -> tuple[Path, Path | None]:
     """The data and corpus directories for `validate`: given, else from
     train_config.json and meta.json."""
     if not data_dir:
-        try:
-            data_dir = json.loads((ck / 'train_config.json').read_text()).get(
-                'data_dir'
-            )
-        except (OSError, ValueError):
-            data_dir = None
+        try: data_dir = json.loads((ck/'train_config.json').read_text()).get('data_dir')
+        except (OSError, ValueError): data_dir = None
     if not data_dir or not (Path(data_dir) / 'meta.json').is_file():
-        raise MinillmError(
-            'validation needs token shards: '
-            f'{data_dir or "no data_dir in " + str(ck / "train_config.json")} '
-            'has no meta.json; pass --data DIR (the output of `minillm '
-            'tokenizer`)',
-            ExitCode.USAGE,
-        )
+        where = data_dir or 'no data_dir in ' + str(ck / 'train_config.json')
+        raise MinillmError(f'validation needs token shards: {where} has no meta.json; '
+                           'pass --data DIR (the output of `minillm tokenizer`)',
+                           ExitCode.USAGE)
     corpus_dir = corpus_dir or read_meta(data_dir).get('corpus_dir')
-    return Path(data_dir), (
-        Path(corpus_dir)
-        if corpus_dir and (Path(corpus_dir) / 'manifest.json').is_file()
-        else None
-    )
+    has_corpus = corpus_dir and (Path(corpus_dir) / 'manifest.json').is_file()
+    return Path(data_dir), Path(corpus_dir) if has_corpus else None
 
 # %% ../nbs/06_generation.ipynb #6bbc1d6d
 def corpus_words(tok: Tokenizer, data_dir: Path,
