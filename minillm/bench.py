@@ -32,7 +32,8 @@ __all__ = ['RECIPES', 'timed', 'rate', 'cpu_model', 'machine_info', 'matmul_peak
 
 # %% ../nbs/09_bench.ipynb #d5153c92
 def timed(fn, repeats: int = 5, warmup: int = 1) -> dict:
-    "Seconds per call of `fn`: median, min and max of `repeats` calls after `warmup` untimed ones."
+    """Seconds per call of `fn`: median, min and max of `repeats` calls after `warmup`
+    untimed ones."""
     for _ in range(warmup): fn()
     ts = []
     for _ in range(max(1, repeats)):
@@ -40,24 +41,42 @@ def timed(fn, repeats: int = 5, warmup: int = 1) -> dict:
     return dict(median=statistics.median(ts), min=min(ts), max=max(ts), runs=len(ts))
 
 def rate(seconds: dict, work: float) -> dict:
-    "Work per second from `timed`'s seconds: the median, and the slowest and fastest run."
-    return dict(median=work / seconds['median'], min=work / seconds['max'], max=work / seconds['min'], runs=seconds['runs'])
+    """Work per second from `timed`'s seconds: the median, and the slowest and fastest
+    run."""
+    return dict(median=work / seconds['median'], min=work / seconds['max'],
+                max=work / seconds['min'], runs=seconds['runs'])
 
 # %% ../nbs/09_bench.ipynb #39e694b6
 def cpu_model() -> str:
     "The CPU's model name (from /proc/cpuinfo on Linux)."
     try:
         with open('/proc/cpuinfo') as f:
-            return next(l.split(':', 1)[1].strip() for l in f if l.startswith('model name'))
+            return next(l.split(':', 1)[1].strip() for l in f
+                        if l.startswith('model name'))
     except (OSError, StopIteration): return platform.processor() or platform.machine()
 
 def machine_info() -> dict:
     "What a figure depends on: CPU, cores, threads, torch version, load and the date."
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-    return dict(cpu=cpu_model(), cores=cores, torch_threads=torch.get_num_threads(), torch=torch.__version__,
-                numpy=np.__version__, python=platform.python_version(), platform=platform.platform(),
-                load_average=[round(x, 2) for x in os.getloadavg()] if hasattr(os, 'getloadavg') else None,
-                date=dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds'))
+    cores = (
+        len(os.sched_getaffinity(0))
+        if hasattr(os, 'sched_getaffinity')
+        else os.cpu_count()
+    )
+    return dict(
+        cpu=cpu_model(),
+        cores=cores,
+        torch_threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        numpy=np.__version__,
+        python=platform.python_version(),
+        platform=platform.platform(),
+        load_average=(
+            [round(x, 2) for x in os.getloadavg()]
+            if hasattr(os, 'getloadavg')
+            else None
+        ),
+        date=dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds'),
+    )
 
 # %% ../nbs/09_bench.ipynb #22d3e2e0
 def matmul_peak(dtype: str = 'float32', n: int = 2048, repeats: int = 5) -> dict:
@@ -65,9 +84,11 @@ def matmul_peak(dtype: str = 'float32', n: int = 2048, repeats: int = 5) -> dict
     g = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=g).to(getattr(torch, dtype))
     b = torch.randn(n, n, generator=g).to(getattr(torch, dtype))
-    k = max(1, min(64, int(2e9 // (2 * n ** 3))))  # up to 2 GFLOP per timed call, so small n is timed reliably
+    # up to 2 GFLOP per timed call, so small n is timed reliably
+    k = max(1, min(64, int(2e9 // (2 * n ** 3))))
     run = lambda: [torch.matmul(a, b) for _ in range(k)]
-    return dict(rate(timed(run, repeats, warmup=2), 2 * n ** 3 * k), n=n, dtype=dtype)  # the first calls pay for setup
+    # the first calls pay for setup
+    return dict(rate(timed(run, repeats, warmup=2), 2 * n ** 3 * k), n=n, dtype=dtype)
 
 # %% ../nbs/09_bench.ipynb #282d52d7
 from .model import compiled
@@ -96,9 +117,10 @@ def training_speed(mc: ModelConfig, batch_size: int, dtype: str = 'float32',
     return out
 
 def mfu_text(s: dict) -> str:
-    "The MFU of a `training_speed` result as text; 'n/a' above 100%, which is not a utilisation."
-    # autocast kept part of the work in float32, faster than the measured peak of the format timed against
-    return f"MFU {s['mfu']:.1%}" if s['mfu'] <= 1 else 'MFU n/a (autocast ran part in float32)'
+    """The MFU of a `training_speed` result as text; 'n/a' above 100% (autocast kept
+    part of the work in float32, faster than the peak of the format timed against)."""
+    return (f"MFU {s['mfu']:.1%}" if s['mfu'] <= 1
+            else 'MFU n/a (autocast ran part in float32)')
 
 # %% ../nbs/09_bench.ipynb #79bc865e
 from .generation import next_tokens
@@ -124,11 +146,17 @@ def generation_speed(mc: ModelConfig, n_new: int = 512, repeats: int = 3,
     return dict(out, n_new=n_new, shape=mc.to_dict())
 
 # %% ../nbs/09_bench.ipynb #4e75be18
-def step_profile(mc: ModelConfig, batch_size: int, dtype: str = 'float32', steps: int = 3, top: int = 12) -> list[dict]:
-    "The operators taking the most self CPU time over `steps` training steps: name, ms per step, share."
+def step_profile(mc: ModelConfig, batch_size: int, dtype: str = 'float32',
+                 steps: int = 3, top: int = 12) -> list[dict]:
+    """The operators taking the most self CPU time over `steps` training steps: name, ms
+    per step, share."""
     from torch.profiler import profile, ProfilerActivity
     torch.manual_seed(0)
-    model, cfg, cpu = MiniLLM(mc), TrainConfig(batch_size=batch_size), torch.device('cpu')
+    model, cfg, cpu = (
+        MiniLLM(mc),
+        TrainConfig(batch_size=batch_size),
+        torch.device('cpu'),
+    )
     opt = make_optimizer(model, cfg, cpu)
     x = torch.randint(mc.vocab_size, (batch_size, mc.block_size)); y = x.roll(-1, 1)
     train_step(model, opt, [(x, y)], 1e-4, cfg, cpu, dtype)  # warm-up
@@ -136,50 +164,89 @@ def step_profile(mc: ModelConfig, batch_size: int, dtype: str = 'float32', steps
         for _ in range(steps): train_step(model, opt, [(x, y)], 1e-4, cfg, cpu, dtype)
     ev = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     total = sum(e.self_cpu_time_total for e in ev)
-    return [dict(op=e.key, ms_per_step=e.self_cpu_time_total / 1e3 / steps, share=e.self_cpu_time_total / total, calls=e.count // steps)
+    return [dict(op=e.key, ms_per_step=e.self_cpu_time_total / 1e3 / steps,
+                 share=e.self_cpu_time_total / total, calls=e.count // steps)
             for e in ev[:top]]
 
 # %% ../nbs/09_bench.ipynb #e2c93668
-def speedups(mc: ModelConfig, batch_size: int, steps: int = 5, repeats: int = 3, compile: bool = True) -> dict:
-    "Training tokens/s of the loop's variants (plain AdamW, fused, bfloat16, compile) and the batch-building time."
-    v = dict(plain_adamw=training_speed(mc, batch_size, 'float32', steps, repeats, fused=False),
+def speedups(mc: ModelConfig, batch_size: int, steps: int = 5, repeats: int = 3,
+             compile: bool = True) -> dict:
+    """Training tokens/s of the loop's variants (plain AdamW, fused, bfloat16, compile)
+    and the batch-building time."""
+    v = dict(plain_adamw=training_speed(mc, batch_size, 'float32', steps, repeats,
+                                        fused=False),
              fused_adamw=training_speed(mc, batch_size, 'float32', steps, repeats),
              bfloat16=training_speed(mc, batch_size, 'bfloat16', steps, repeats))
-    if compile: v['compile'] = training_speed(mc, batch_size, 'float32', steps, repeats, compile=True)
-    data = np.random.default_rng(0).integers(0, mc.vocab_size, 1_000_000).astype(np.uint16)
+    if compile: v['compile'] = training_speed(mc, batch_size, 'float32', steps, repeats,
+                                              compile=True)
+    data = np.random.default_rng(0).integers(0, mc.vocab_size,
+                                             1_000_000).astype(np.uint16)
     rng = np.random.default_rng(0)
-    t = timed(lambda: get_batch(data, rng.integers(0, len(data) - mc.block_size - 1, batch_size), mc.block_size), repeats * 20)
+    t = timed(lambda: get_batch(data, rng.integers(0, len(data) - mc.block_size - 1,
+                                                   batch_size), mc.block_size),
+              repeats * 20)
     keep = ('tokens_per_s', 'dtype', 'compile', 'fused', 'first_step_s')
-    return dict(variants={k: {f: s[f] for f in keep} for k, s in v.items()}, batch_ms=t['median'] * 1e3,
-                step_ms=batch_size * mc.block_size / v['fused_adamw']['tokens_per_s']['median'] * 1e3)
+    return dict(
+        variants={k: {f: s[f] for f in keep} for k, s in v.items()},
+        batch_ms=t['median'] * 1e3,
+        step_ms=batch_size
+        * mc.block_size
+        / v['fused_adamw']['tokens_per_s']['median']
+        * 1e3,
+    )
 
 # %% ../nbs/09_bench.ipynb #5c34d9f7
 def text_corpus(train_text: str, val_text: str, out_dir) -> Path:
-    "A corpus directory (corpus.txt + manifest.json) holding `train_text` then `val_text` as one document."
+    """A corpus directory (corpus.txt + manifest.json) holding `train_text` then
+    `val_text` as one document."""
     out = ensure_writable_dir(out_dir)
-    n_train, data = len(train_text.encode('utf-8')), (train_text + val_text).encode('utf-8')
+    n_train, data = len(train_text.encode('utf-8')), (train_text
+                                                      + val_text).encode('utf-8')
     with atomic_write(out / 'corpus.txt', 'wb', encoding=None) as f: f.write(data)
-    doc = dict(title='benchmark text', author='', gutenberg_id=None, source='bench', bytes=len(data),
-               sha256=sha256_file(out / 'corpus.txt'), train=[0, n_train], val=[n_train, len(data)])
-    manifest = dict(cleaning_version=0, val_fraction=None, split='bench', sha256=doc['sha256'], bytes=len(data), documents=[doc])
+    doc = dict(
+        title='benchmark text',
+        author='',
+        gutenberg_id=None,
+        source='bench',
+        bytes=len(data),
+        sha256=sha256_file(out / 'corpus.txt'),
+        train=[0, n_train],
+        val=[n_train, len(data)],
+    )
+    manifest = dict(cleaning_version=0, val_fraction=None, split='bench',
+                    sha256=doc['sha256'], bytes=len(data), documents=[doc])
     with atomic_write(out / 'manifest.json') as f: json.dump(manifest, f, indent=1)
     return out
 
 # %% ../nbs/09_bench.ipynb #f10e70ed
-def tokenizer_speed(text: str, work_dir, vocab_size: int = 4096, repeats: int = 3) -> dict:
-    "Seconds to train a tokenizer on `text` (at most `vocab_size` pieces, as many as it supports) and MB/s to encode it."
+def tokenizer_speed(text: str, work_dir, vocab_size: int = 4096,
+                    repeats: int = 3) -> dict:
+    """Seconds to train a tokenizer on `text` (at most `vocab_size` pieces, as many as
+    it supports) and MB/s to encode it."""
     corpus = text_corpus(text, '', Path(work_dir) / 'corpus')
-    try: train_tokenizer(corpus, Path(work_dir) / 'tok', vocab_size)  # untimed: does the text support this size?
-    except MinillmError as e:  # a small text cannot fill a big vocabulary: use the most it supports
+    # untimed: does the text support this size?
+    try: train_tokenizer(corpus, Path(work_dir) / 'tok', vocab_size)
+    # a small text cannot fill a big vocabulary: use the most it supports
+    except MinillmError as e:
         if not (m := re.search(r'at most (\d+) distinct', str(e))): raise
         vocab_size = int(m[1])
-    train_s = timed(lambda: train_tokenizer(corpus, Path(work_dir) / 'tok', vocab_size), repeats, warmup=0)
-    path, mb = Path(work_dir) / 'tok' / 'tokenizer.model', len(text.encode('utf-8')) / 1e6
-    cold = lambda: Tokenizer.load(path).encode_array(text)   # a fresh word cache every time
+    train_s = timed(lambda: train_tokenizer(corpus, Path(work_dir) / 'tok', vocab_size),
+                    repeats, warmup=0)
+    path = Path(work_dir) / 'tok' / 'tokenizer.model'
+    mb = len(text.encode('utf-8')) / 1e6
+    # a fresh word cache every time
+    cold = lambda: Tokenizer.load(path).encode_array(text)
     tok = Tokenizer.load(path); tok.encode_array(text)
-    return dict(bytes=int(mb * 1e6), vocab_size=vocab_size, train_seconds=train_s, encode_mb_per_s=rate(timed(cold, repeats), mb),
-                encode_warm_mb_per_s=rate(timed(lambda: tok.encode_array(text), repeats), mb),
+    return dict(bytes=int(mb * 1e6), vocab_size=vocab_size, train_seconds=train_s,
+                encode_mb_per_s=rate(timed(cold, repeats), mb),
+                encode_warm_mb_per_s=rate(timed(lambda: tok.encode_array(text),
+                                                repeats), mb),
                 tokens=len(tok.encode_array(text)))
+
+def _bundled_text() -> str:
+    "The bundled corpus of chapter 1 as one string (built into a temporary directory)."
+    with tempfile.TemporaryDirectory() as d:
+        return build_corpus(d).read_text(encoding='utf-8')
 
 # %% ../nbs/09_bench.ipynb #b02387fb
 @dataclass
@@ -281,44 +348,56 @@ def bench_quality(train_text: str, val_text: str, budget_s: float, out_dir,
 
 # %% ../nbs/09_bench.ipynb #a15027a9
 def read_pipeline_times(run_dir) -> dict | None:
-    "Phase times (seconds) of a finished `minillm pipeline` run, from `RUN/summary.json`."
+    """Phase times (seconds) of a finished `minillm pipeline` run, from
+    `RUN/summary.json`."""
     path = Path(run_dir) / 'summary.json'
     if not path.is_file():
-        raise MinillmError(f'bench speed: {path} not found; pass --run-dir a directory written by `minillm pipeline`')
+        raise MinillmError(f'bench speed: {path} not found; pass --run-dir a directory '
+                           'written by `minillm pipeline`')
     s = json.loads(path.read_text())
     times = s.get('phase_seconds') or {}
     return dict(phase_seconds=times, total_s=sum(times.values()), run_dir=str(run_dir))
 
+# %% ../nbs/09_bench.ipynb #b3bch001
+def _median(d: dict, k: str) -> float: return d[k]['median']
+
+def _generation_line(g: dict, compile: bool) -> str:
+    "The log line of a `generation_speed` result."
+    return (f'generate: {_median(g, "cache"):,.0f} tok/s cached, x{g["speedup"]:.1f}'
+            + (f'; compiled {_median(g, "compiled"):,.0f} tok/s, '
+               f'x{g["compiled_speedup"]:.1f}' if compile else ''))
+
 # %% ../nbs/09_bench.ipynb #a2e16f69
-def bench_speed(shape: ModelConfig, batch_size: int = 12, repeats: int = 5, matmul_n: int = 2048, steps: int = 5,
-                n_new: int = 512, text: str | None = None, work_dir=None, run_dir=None,
-                dtypes=('float32', 'bfloat16'), default: ModelConfig | None = None, compile: bool = False,
-                tokenizer_vocab: int = 4096, log=print) -> dict:
+def bench_speed(shape: ModelConfig, batch_size: int = 12, repeats: int = 5,
+                matmul_n: int = 2048, steps: int = 5, n_new: int = 512,
+                text: str | None = None, work_dir=None, run_dir=None,
+                dtypes=('float32', 'bfloat16'), default: ModelConfig | None = None,
+                compile: bool = False, tokenizer_vocab: int = 4096, log=print) -> dict:
     "Every speed figure of this machine, as one dictionary."
     default = default or ModelConfig(vocab_size=4096, **MODEL_PRESETS['default'])
-    res = dict(machine=machine_info(), repeats=repeats, peak={}, training=[], generation=None, tokenizer=None, pipeline=None)
+    res = dict(machine=machine_info(), repeats=repeats, peak={}, training=[],
+               generation=None, tokenizer=None, pipeline=None)
     for dt_ in dtypes:
-        res['peak'][dt_] = matmul_peak(dt_, matmul_n, repeats); log(f'matmul {dt_}: {res["peak"][dt_]["median"] / 1e9:.1f} GFLOP/s')
+        res['peak'][dt_] = matmul_peak(dt_, matmul_n, repeats)
+        log(f'matmul {dt_}: {_median(res["peak"], dt_) / 1e9:.1f} GFLOP/s')
     for name, mc, b in (('default', default, 32), ('given', shape, batch_size)):
         for dt_ in dtypes:
-            s = dict(training_speed(mc, b, dt_, steps, repeats, peak=res['peak'][dt_]['median']), model=name)
-            res['training'].append(s); log(f'train {name} {dt_}: {s["tokens_per_s"]["median"]:,.0f} tok/s, {mfu_text(s)}')
-    res['speedups'] = speedups(shape, batch_size, steps, repeats, compile)
-    log('speed-ups: ' + ', '.join(f'{k} {v["tokens_per_s"]["median"]:,.0f}' for k, v in res['speedups']['variants'].items()) + ' tok/s')
+            peak = _median(res['peak'], dt_)
+            s = training_speed(mc, b, dt_, steps, repeats, peak=peak)
+            res['training'].append(s := dict(s, model=name))
+            log(f'train {name} {dt_}: {_median(s, "tokens_per_s"):,.0f} tok/s, '
+                f'{mfu_text(s)}')
+    res['speedups'] = v = speedups(shape, batch_size, steps, repeats, compile)
+    log('speed-ups: ' + ', '.join(f'{k} {_median(s, "tokens_per_s"):,.0f}'
+                                  for k, s in v['variants'].items()) + ' tok/s')
     res['profile'] = step_profile(default, 32, steps=max(1, min(steps, 3)))
     res['generation'] = g = generation_speed(default, n_new, repeats, compile)
-    log(f'generate: {g["cache"]["median"]:,.0f} tok/s cached, x{g["speedup"]:.1f}' + (
-        f'; compiled {g["compiled"]["median"]:,.0f} tok/s, x{g["compiled_speedup"]:.1f}'
-        if compile else ''))
+    log(_generation_line(g, compile))
     text = text if text is not None else _bundled_text()
-    with tempfile.TemporaryDirectory(dir=work_dir) as d: res['tokenizer'] = tokenizer_speed(text, d, tokenizer_vocab, repeats)
-    log(f'tokenizer: {res["tokenizer"]["encode_mb_per_s"]["median"]:.1f} MB/s')
-    if run_dir: res['pipeline'] = read_pipeline_times(run_dir)
-    return res
-
-def _bundled_text() -> str:
-    "The bundled corpus of chapter 1 as one string (built into a temporary directory)."
-    with tempfile.TemporaryDirectory() as d: return build_corpus(d).read_text(encoding='utf-8')
+    with tempfile.TemporaryDirectory(dir=work_dir) as d:
+        res['tokenizer'] = tokenizer_speed(text, d, tokenizer_vocab, repeats)
+    log(f'tokenizer: {_median(res["tokenizer"], "encode_mb_per_s"):.1f} MB/s')
+    return dict(res, pipeline=read_pipeline_times(run_dir)) if run_dir else res
 
 # %% ../nbs/09_bench.ipynb #ffe2d40b
 def _write_json(path, obj) -> None:
@@ -328,19 +407,29 @@ def _write_json(path, obj) -> None:
 
 def _read_text(path, what: str) -> str:
     try: return Path(path).read_text(encoding='utf-8')
-    except FileNotFoundError: raise MinillmError(f'bench quality: {what} {path} not found; give the path of a UTF-8 text file') from None
-    except (OSError, UnicodeDecodeError) as e: raise MinillmError(f'bench quality: cannot read {what} {path} ({e}); give a UTF-8 text file') from None
+    except FileNotFoundError:
+        raise MinillmError(f'bench quality: {what} {path} not found; '
+                           'give the path of a UTF-8 text file') from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise MinillmError(f'bench quality: cannot read {what} {path} ({e}); '
+                           'give a UTF-8 text file') from None
 
 def quality_texts(args) -> tuple[str, str]:
-    "The training and validation texts from `--train-text/--val-text` or from `--text` and `--split`."
+    "The training and validation texts: `--train-text`/`--val-text`, or `--text`."
     if args.text and (args.train_text or args.val_text):
-        raise MinillmError('bench quality: give either --text (with --split) or --train-text and --val-text, not both')
+        raise MinillmError('bench quality: give either --text (with --split) or '
+                           '--train-text and --val-text, not both')
     if args.text:
-        if not 0 < args.split < 1: raise MinillmError(f'bench quality: --split must be between 0 and 1, not {args.split}')
+        if not 0 < args.split < 1:
+            raise MinillmError(f'bench quality: --split must be between 0 and 1, '
+                               f'not {args.split}')
         t = _read_text(args.text, '--text'); cut = int(len(t) * args.split)
         return t[:cut], t[cut:]
-    if not (args.train_text and args.val_text): raise MinillmError('bench quality: give --train-text and --val-text, or --text FILE')
-    return _read_text(args.train_text, '--train-text'), _read_text(args.val_text, '--val-text')
+    if not (args.train_text and args.val_text):
+        raise MinillmError('bench quality: give --train-text and --val-text, '
+                           'or --text FILE')
+    return (_read_text(args.train_text, '--train-text'),
+            _read_text(args.val_text, '--val-text'))
 
 # %% ../nbs/09_bench.ipynb #55704c54
 def _recipe_from(budget: float, overrides: str) -> Recipe:

@@ -11,7 +11,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import MinillmError, ExitCode, add_command, add_options, atomic_write, config_from_args, ensure_writable_dir
+from minillm.core import (
+    MinillmError,
+    ExitCode,
+    add_command,
+    add_options,
+    atomic_write,
+    config_from_args,
+    ensure_writable_dir,
+)
 from .model import MiniLLM, ModelConfig, count_params
 from .checkpoint import find_checkpoint, load, save_model, size_problem
 from .tokenizer import Tokenizer
@@ -24,36 +32,45 @@ __all__ = ['DTYPES', 'GGUF_NAMES', 'hf_state_dict', 'minillm_state_dict', 'hf_co
 
 # %% ../nbs/08_export.ipynb #7c95450b
 def hf_state_dict(model: MiniLLM) -> dict[str, torch.Tensor]:
-    "The model's weights under transformers' `LlamaForCausalLM` names, the fused q/k/v and gate/up matrices cut apart."
+    """The model's weights under transformers' `LlamaForCausalLM` names, the fused q/k/v
+    and gate/up matrices cut apart."""
     c, sd = model.config, model.state_dict()
     kv = c.n_kv_head * c.head_dim
     out = {'model.embed_tokens.weight': sd['embed.weight']}
     for i in range(c.n_layer):
         b, h = f'blocks.{i}.', f'model.layers.{i}.'
-        q, k, v = sd[b + 'attn.qkv.weight'].split([c.n_head * c.head_dim, kv, kv])  # rows: queries, keys, values
-        gate, up = sd[b + 'mlp.gate_up.weight'].chunk(2)                            # rows: gate, then up
+        # rows: queries, keys, values
+        q, k, v = sd[b + 'attn.qkv.weight'].split([c.n_head * c.head_dim, kv, kv])
+        # rows: gate, then up
+        gate, up = sd[b + 'mlp.gate_up.weight'].chunk(2)
         out.update({h + 'input_layernorm.weight': sd[b + 'attn_norm.weight'],
                     h + 'self_attn.q_proj.weight': q, h + 'self_attn.k_proj.weight': k,
-                    h + 'self_attn.v_proj.weight': v, h + 'self_attn.o_proj.weight': sd[b + 'attn.proj.weight'],
+                    h + 'self_attn.v_proj.weight': v, h
+                    + 'self_attn.o_proj.weight': sd[b + 'attn.proj.weight'],
                     h + 'post_attention_layernorm.weight': sd[b + 'mlp_norm.weight'],
                     h + 'mlp.gate_proj.weight': gate, h + 'mlp.up_proj.weight': up,
                     h + 'mlp.down_proj.weight': sd[b + 'mlp.down.weight']})
     out['model.norm.weight'] = sd['norm.weight']
     if not c.tie_embeddings: out['lm_head.weight'] = sd['lm_head.weight']
-    return {k: v.detach().cpu().clone() for k, v in out.items()}  # clone: safetensors refuses views of one buffer
+    # clone: safetensors refuses views of one buffer
+    return {k: v.detach().cpu().clone() for k, v in out.items()}
 
 # %% ../nbs/08_export.ipynb #f777a094
 def minillm_state_dict(tensors: dict, config: ModelConfig) -> dict[str, torch.Tensor]:
-    "The inverse of `hf_state_dict`: transformers' Llama tensors back to a `MiniLLM` state dict in float32."
+    """The inverse of `hf_state_dict`: transformers' Llama tensors back to a `MiniLLM`
+    state dict in float32."""
     c, t = config, {k: v.float() for k, v in tensors.items()}
-    sd = {'embed.weight': t['model.embed_tokens.weight'], 'norm.weight': t['model.norm.weight']}
+    sd = {'embed.weight': t['model.embed_tokens.weight'],
+          'norm.weight': t['model.norm.weight']}
     for i in range(c.n_layer):
         b, h = f'blocks.{i}.', f'model.layers.{i}.'
         sd.update({b + 'attn_norm.weight': t[h + 'input_layernorm.weight'],
-                   b + 'attn.qkv.weight': torch.cat([t[h + f'self_attn.{x}_proj.weight'] for x in 'qkv']),
+                   b + 'attn.qkv.weight': torch.cat([t[h + f'self_attn.{x}_proj.weight']
+                                                     for x in 'qkv']),
                    b + 'attn.proj.weight': t[h + 'self_attn.o_proj.weight'],
                    b + 'mlp_norm.weight': t[h + 'post_attention_layernorm.weight'],
-                   b + 'mlp.gate_up.weight': torch.cat([t[h + 'mlp.gate_proj.weight'], t[h + 'mlp.up_proj.weight']]),
+                   b + 'mlp.gate_up.weight': torch.cat([t[h + 'mlp.gate_proj.weight'],
+                                                        t[h + 'mlp.up_proj.weight']]),
                    b + 'mlp.down.weight': t[h + 'mlp.down_proj.weight']})
     if not c.tie_embeddings: sd['lm_head.weight'] = t['lm_head.weight']
     return sd
@@ -62,24 +79,33 @@ def minillm_state_dict(tensors: dict, config: ModelConfig) -> dict[str, torch.Te
 def hf_config(config: ModelConfig, tok: Tokenizer, dtype: str = 'float32') -> dict:
     "transformers' `config.json` for a `LlamaForCausalLM` of this shape."
     c = config
-    return dict(architectures=['LlamaForCausalLM'], model_type='llama', vocab_size=c.vocab_size,
-                hidden_size=c.n_embd, intermediate_size=c.mlp_hidden, num_hidden_layers=c.n_layer,
-                num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head, head_dim=c.head_dim,
-                max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps, hidden_act='silu',
-                rope_theta=c.rope_base, rope_parameters=dict(rope_type='default', rope_theta=c.rope_base),
-                attention_bias=False, mlp_bias=False, attention_dropout=0.0, tie_word_embeddings=c.tie_embeddings,
+    return dict(architectures=['LlamaForCausalLM'], model_type='llama',
+                vocab_size=c.vocab_size,
+                hidden_size=c.n_embd, intermediate_size=c.mlp_hidden,
+                num_hidden_layers=c.n_layer,
+                num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head,
+                head_dim=c.head_dim,
+                max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps,
+                hidden_act='silu',
+                rope_theta=c.rope_base, rope_parameters=dict(rope_type='default',
+                                                             rope_theta=c.rope_base),
+                attention_bias=False, mlp_bias=False, attention_dropout=0.0,
+                tie_word_embeddings=c.tie_embeddings,
                 **special_ids(tok), dtype=dtype, initializer_range=0.02, use_cache=True)
 
 def special_ids(tok: Tokenizer) -> dict:
     "bos_token_id, eos_token_id and pad_token_id of `tok`, for the ones it has."
-    ids = dict(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+    ids = dict(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
+               pad_token_id=tok.pad_id)
     return {k: v for k, v in ids.items() if v >= 0}
 
 # %% ../nbs/08_export.ipynb #38043a24
 def rope_permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
-    "Reorder each head's rows of a query or key matrix from half-split pairs (i, i + D/2) to neighbours (2i, 2i + 1)."
+    """Reorder each head's rows of a query or key matrix from half-split pairs (i, i +
+    D/2) to neighbours (2i, 2i + 1)."""
     D = w.shape[0] // n_head
-    return w.reshape(n_head, 2, D // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)  # as convert_hf_to_gguf.py
+    # as convert_hf_to_gguf.py
+    return w.reshape(n_head, 2, D // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 # %% ../nbs/08_export.ipynb #4e1435b3
 def _varint(b: bytes, i: int) -> tuple[int, int]:
@@ -90,31 +116,43 @@ def _varint(b: bytes, i: int) -> tuple[int, int]:
         if b[i - 1] < 0x80: return n, i
 
 def proto_field(b: bytes, number: int):
-    "The first field `number` of the protocol-buffers message `b`: an int, or bytes for a nested message; None if absent."
+    """The first field `number` of the protocol-buffers message `b`: an int, or bytes
+    for a nested message; None if absent."""
     i = 0
     while i < len(b):
         key, i = _varint(b, i)
         if key & 7 == 0: value, i = _varint(b, i)
         elif key & 7 == 2: n, i = _varint(b, i); value, i = b[i:i + n], i + n
-        else: value, i = None, i + {1: 8, 5: 4}[key & 7]  # fixed 64- and 32-bit values: skipped
+        # fixed 64- and 32-bit values: skipped
+        else: value, i = None, i + {1: 8, 5: 4}[key & 7]
         if key >> 3 == number: return value
     return None
 
 def spm_model_type(tok: Tokenizer) -> str:
-    "'unigram', 'bpe', 'word' or 'char': the algorithm of `tok`, from its SentencePiece model's training spec."
+    """'unigram', 'bpe', 'word' or 'char': the algorithm of `tok`, from its
+    SentencePiece model's training spec."""
     spec = proto_field(tok.sp.serialized_model_proto(), 2) or b''
-    return {1: 'unigram', 2: 'bpe', 3: 'word', 4: 'char'}[proto_field(spec, 3) or 1]  # unset means unigram
+    # unset means unigram
+    return {1: 'unigram', 2: 'bpe', 3: 'word', 4: 'char'}[proto_field(spec, 3) or 1]
 
 # %% ../nbs/08_export.ipynb #d080c3bb
 def hf_tokenizer_files(tok: Tokenizer, max_length: int) -> dict[str, dict]:
-    "`tokenizer_config.json` and `special_tokens_map.json` that make transformers split text exactly as `tok` does."
-    pieces = dict(unk_token=tok.unk_id, bos_token=tok.bos_id, eos_token=tok.eos_id, pad_token=tok.pad_id)
+    """`tokenizer_config.json` and `special_tokens_map.json` that make transformers
+    split text exactly as `tok` does."""
+    pieces = dict(unk_token=tok.unk_id, bos_token=tok.bos_id, eos_token=tok.eos_id,
+                  pad_token=tok.pad_id)
     special = {k: tok.sp.id_to_piece(i) for k, i in pieces.items() if i >= 0}
     kind = spm_model_type(tok)
-    if kind not in ('bpe', 'unigram'): raise MinillmError(f'cannot export a SentencePiece {kind} tokenizer: use bpe or unigram', ExitCode.USAGE)
-    config = dict(tokenizer_class='LlamaTokenizer' if kind == 'bpe' else 'PreTrainedTokenizerFast', **special,
-                  add_bos_token=False, add_eos_token=False,  # minillm starts a text at once; </s> ends a document
-                  add_prefix_space=False, legacy=False,      # no dummy space before a text: 'the' and ' the' differ
+    if kind not in ('bpe',
+                    'unigram'): raise MinillmError('cannot export a SentencePiece '
+                                                   f'{kind} tokenizer: use bpe or '
+                                                   'unigram', ExitCode.USAGE)
+    config = dict(tokenizer_class='LlamaTokenizer' if kind == 'bpe'
+                  else 'PreTrainedTokenizerFast', **special,
+                  # minillm starts a text at once; </s> ends a document
+                  add_bos_token=False, add_eos_token=False,
+                  # no dummy space before a text: 'the' and ' the' differ
+                  add_prefix_space=False, legacy=False,
                   clean_up_tokenization_spaces=False, model_max_length=max_length)
     return {'tokenizer_config.json': config, 'special_tokens_map.json': special}
 
@@ -127,62 +165,85 @@ def _gguf():
     "The `gguf` package, or a one-line error that says how to install it."
     try: import gguf
     except ImportError:
-        raise MinillmError('GGUF export needs the gguf package, which is not installed: pip install gguf', ExitCode.USAGE) from None
+        raise MinillmError('GGUF export needs the gguf package, which is not '
+                           'installed: pip install gguf', ExitCode.USAGE) from None
     return gguf
 
 def gguf_vocab(tok: Tokenizer) -> tuple[list[bytes], list[float], list[int]]:
     "Every piece of `tok`: its UTF-8 text, its score and its llama.cpp token type."
     sp, T = tok.sp, _gguf().TokenType
-    def kind(i):  # SentencePiece's own types; a user-defined piece (the newline) is normal, as convert_hf_to_gguf.py has it
+    # SentencePiece's own types; a user-defined piece (the newline) is normal, as
+    # convert_hf_to_gguf.py has it
+    def kind(i):
         return (T.UNKNOWN if sp.is_unknown(i) else T.CONTROL if sp.is_control(i) else
                 T.UNUSED if sp.is_unused(i) else T.BYTE if sp.is_byte(i) else T.NORMAL)
     ids = range(tok.vocab_size)
-    return [sp.id_to_piece(i).encode() for i in ids], [sp.get_score(i) for i in ids], [int(kind(i)) for i in ids]
+    return [sp.id_to_piece(i).encode() for i in ids], [sp.get_score(i)
+                                                       for i in ids], [int(kind(i))
+                                                                       for i in ids]
 
 # %% ../nbs/08_export.ipynb #a0225dec
 DTYPES = ('float32', 'float16')
 
 def prepare_out(out, source, force: bool = False, is_file: bool = False) -> Path:
-    "Check that writing `out` changes neither `source` nor, without `force`, anything already there; create its folder."
+    """Check that writing `out` changes neither `source` nor, without `force`, anything
+    already there; create its folder."""
     out, src, kind = Path(out), Path(source).resolve(), 'file' if is_file else 'folder'
     if out.resolve() == src or src in out.resolve().parents:
-        raise MinillmError(f'{out} is inside {source}, which export and import never change; choose another --out', ExitCode.USAGE)
+        raise MinillmError(f'{out} is inside {source}, which export and import never '
+                           'change; choose another --out', ExitCode.USAGE)
     if (out.is_dir() if is_file else out.is_file()):
-        raise MinillmError(f'{out} exists and is not a {kind}; --out must name a {kind}', ExitCode.USAGE)
+        raise MinillmError(
+            f'{out} exists and is not a {kind}; --out must name a {kind}',
+            ExitCode.USAGE,
+        )
     if not force and (out.is_file() or out.is_dir() and any(out.iterdir())):
-        raise MinillmError(f'{out} exists{"" if is_file else " and is not empty"}; choose another --out, '
+        raise MinillmError(f'{out} exists{"" if is_file else " and is not empty"}; '
+                           'choose another --out, '
                            f'or add --force to write over it', ExitCode.USAGE)
     ensure_writable_dir(out.parent if is_file else out)
     return out
 
 def _check_dtype(dtype: str):
-    if dtype not in DTYPES: raise MinillmError(f'unknown --dtype {dtype!r}: use float32 or float16', ExitCode.USAGE)
+    if dtype not in DTYPES: raise MinillmError(f'unknown --dtype {dtype!r}: use '
+                                               'float32 or float16', ExitCode.USAGE)
 
 # %% ../nbs/08_export.ipynb #42523dc4
-def export_hf(checkpoint_dir, out_dir, dtype: str = 'float32', force: bool = False) -> Path:
-    "Write a checkpoint as a Hugging Face Llama folder that `transformers` loads offline; return the folder."
+def export_hf(checkpoint_dir, out_dir, dtype: str = 'float32',
+              force: bool = False) -> Path:
+    """Write a checkpoint as a Hugging Face Llama folder that `transformers` loads
+    offline; return the folder."""
     from safetensors.torch import save
     _check_dtype(dtype)
     ck = find_checkpoint(checkpoint_dir)
-    model, tok = load(ck)                  # a missing or damaged checkpoint: a one-line error, exit code 6
+    # a missing or damaged checkpoint: a one-line error, exit code 6
+    model, tok = load(ck)
     out = prepare_out(out_dir, ck, force)
     tensors = {k: v.to(getattr(torch, dtype)) for k, v in hf_state_dict(model).items()}
-    files = {'config.json': hf_config(model.config, tok, dtype), 'generation_config.json': generation_config(tok),
+    files = {'config.json': hf_config(model.config, tok, dtype),
+             'generation_config.json': generation_config(tok),
              **hf_tokenizer_files(tok, model.config.block_size)}
-    with atomic_write(out / 'model.safetensors', 'wb') as f: f.write(save(tensors, metadata={'format': 'pt'}))
-    with atomic_write(out / 'tokenizer.model', 'wb') as f: f.write(tok.path.read_bytes())
+    with atomic_write(out / 'model.safetensors', 'wb') as f:
+        f.write(save(tensors, metadata={'format': 'pt'}))
+    with atomic_write(out / 'tokenizer.model',
+                      'wb') as f: f.write(tok.path.read_bytes())
     for name, content in files.items():
         with atomic_write(out / name) as f: json.dump(content, f, indent=2)
     return out
 
 # %% ../nbs/08_export.ipynb #85614b49
-GGUF_NAMES = {'model.embed_tokens': 'token_embd', 'model.norm': 'output_norm', 'lm_head': 'output',
-              'input_layernorm': 'attn_norm', 'self_attn.q_proj': 'attn_q', 'self_attn.k_proj': 'attn_k',
-              'self_attn.v_proj': 'attn_v', 'self_attn.o_proj': 'attn_output', 'post_attention_layernorm': 'ffn_norm',
-              'mlp.gate_proj': 'ffn_gate', 'mlp.up_proj': 'ffn_up', 'mlp.down_proj': 'ffn_down'}
+GGUF_NAMES = {'model.embed_tokens': 'token_embd', 'model.norm': 'output_norm',
+              'lm_head': 'output',
+              'input_layernorm': 'attn_norm', 'self_attn.q_proj': 'attn_q',
+              'self_attn.k_proj': 'attn_k',
+              'self_attn.v_proj': 'attn_v', 'self_attn.o_proj': 'attn_output',
+              'post_attention_layernorm': 'ffn_norm',
+              'mlp.gate_proj': 'ffn_gate', 'mlp.up_proj': 'ffn_up',
+              'mlp.down_proj': 'ffn_down'}
 
 def gguf_name(hf_name: str) -> str:
-    "llama.cpp's name for a transformers Llama tensor: model.layers.3.mlp.up_proj.weight -> blk.3.ffn_up.weight."
+    """llama.cpp's name for a transformers Llama tensor:
+    model.layers.3.mlp.up_proj.weight -> blk.3.ffn_up.weight."""
     base = hf_name.removesuffix('.weight')
     if base in GGUF_NAMES: return GGUF_NAMES[base] + '.weight'
     _, _, i, part = base.split('.', 3)
@@ -190,113 +251,161 @@ def gguf_name(hf_name: str) -> str:
 
 # %% ../nbs/08_export.ipynb #dda83c18
 def gguf_tensors(model: MiniLLM, dtype: str = 'float32'):
-    "Yield (GGUF name, array) for every weight, query and key rows reordered for llama.cpp's rotation."
+    """Yield (GGUF name, array) for every weight, query and key rows reordered for
+    llama.cpp's rotation."""
     c = model.config
     for name, t in hf_state_dict(model).items():
         t = t.float()
         if name.endswith('q_proj.weight'): t = rope_permute(t, c.n_head)
-        if name.endswith('k_proj.weight'): t = rope_permute(t, c.n_kv_head)  # per key/value head
+        # per key/value head
+        if name.endswith('k_proj.weight'): t = rope_permute(t, c.n_kv_head)
         a = t.numpy()
-        yield gguf_name(name), a.astype(np.float16) if dtype == 'float16' and a.ndim > 1 else a  # norms stay float32
+        # norms stay float32
+        yield gguf_name(name), (
+            a.astype(np.float16) if dtype == 'float16' and a.ndim > 1 else a
+        )
 
 # %% ../nbs/08_export.ipynb #d03f9b07
-def gguf_metadata(w, config: ModelConfig, dtype: str = 'float32', name: str = 'minillm') -> None:
-    "Write the llama architecture's shape into the GGUF writer `w`, the keys convert_hf_to_gguf.py writes."
+def gguf_metadata(w, config: ModelConfig, dtype: str = 'float32',
+                  name: str = 'minillm') -> None:
+    """Write the llama architecture's shape into the GGUF writer `w`, the keys
+    convert_hf_to_gguf.py writes."""
     gguf, c = _gguf(), config
-    w.add_type('model'); w.add_name(name); w.add_size_label(gguf.size_label(count_params(c), 0, 0, 0))
-    w.add_block_count(c.n_layer); w.add_context_length(c.block_size); w.add_embedding_length(c.n_embd)
-    w.add_feed_forward_length(c.mlp_hidden); w.add_head_count(c.n_head); w.add_head_count_kv(c.n_kv_head)
+    w.add_type('model'); w.add_name(name)
+    w.add_size_label(gguf.size_label(count_params(c), 0, 0, 0))
+    w.add_block_count(c.n_layer); w.add_context_length(c.block_size)
+    w.add_embedding_length(c.n_embd); w.add_feed_forward_length(c.mlp_hidden)
+    w.add_head_count(c.n_head); w.add_head_count_kv(c.n_kv_head)
     w.add_rope_freq_base(c.rope_base); w.add_layer_norm_rms_eps(c.norm_eps)
     w.add_key_length(c.head_dim); w.add_value_length(c.head_dim)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == 'float32' else gguf.LlamaFileType.MOSTLY_F16)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == 'float32'
+                    else gguf.LlamaFileType.MOSTLY_F16)
     w.add_vocab_size(c.vocab_size); w.add_rope_dimension_count(c.head_dim)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 def gguf_tokenizer(w, tok: Tokenizer) -> None:
-    "Write the whole tokenizer into the GGUF writer `w`: pieces, scores, types, special ids, no BOS, no dummy prefix."
+    """Write the whole tokenizer into the GGUF writer `w`: pieces, scores, types,
+    special ids, no BOS, no dummy prefix."""
     pieces, scores, types = gguf_vocab(tok)
-    w.add_tokenizer_model('llama'); w.add_tokenizer_pre('default')  # 'llama': SentencePiece pieces merged by score
+    # 'llama': SentencePiece pieces merged by score
+    w.add_tokenizer_model('llama'); w.add_tokenizer_pre('default')
     w.add_token_list(pieces); w.add_token_scores(scores); w.add_token_types(types)
     for add, i in [(w.add_bos_token_id, tok.bos_id), (w.add_eos_token_id, tok.eos_id),
                    (w.add_unk_token_id, tok.unk_id), (w.add_pad_token_id, tok.pad_id)]:
         if i >= 0: add(i)
-    w.add_add_bos_token(False); w.add_add_eos_token(False); w.add_add_space_prefix(False)
+    w.add_add_bos_token(False)
+    w.add_add_eos_token(False)
+    w.add_add_space_prefix(False)
 
 # %% ../nbs/08_export.ipynb #825d8e29
-def export_gguf(checkpoint_dir, out_file, dtype: str = 'float32', force: bool = False) -> Path:
-    "Write a checkpoint as one GGUF file (llama architecture, tokenizer inside) for llama.cpp; return the file."
+def export_gguf(checkpoint_dir, out_file, dtype: str = 'float32',
+                force: bool = False) -> Path:
+    """Write a checkpoint as one GGUF file (llama architecture, tokenizer inside) for
+    llama.cpp; return the file."""
     gguf = _gguf(); _check_dtype(dtype)
     ck = find_checkpoint(checkpoint_dir)
     model, tok = load(ck)
     if (kind := spm_model_type(tok)) != 'bpe':
-        raise MinillmError(f'GGUF export needs a BPE tokenizer, and {ck} has a {kind} one, which llama.cpp would split '
-                           f'differently; export --format hf, or retrain with `minillm tokenizer --model-type bpe`', ExitCode.USAGE)
+        raise MinillmError(f'GGUF export needs a BPE tokenizer, and {ck} has a {kind} '
+                           'one, which llama.cpp would split '
+                           'differently; export --format hf, or retrain with `minillm '
+                           'tokenizer --model-type bpe`', ExitCode.USAGE)
     out = prepare_out(out_file, ck, force, is_file=True)
     tmp = out.with_name(f'.{out.name}.tmp')
     try:
         w = gguf.GGUFWriter(str(tmp), 'llama')
         gguf_metadata(w, model.config, dtype); gguf_tokenizer(w, tok)
         for name, a in gguf_tensors(model, dtype): w.add_tensor(name, a)
-        w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
-        with open(tmp, 'rb+') as f: os.fsync(f.fileno())  # on disk before it takes the real name
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        # on disk before it takes the real name
+        with open(tmp, 'rb+') as f: os.fsync(f.fileno())
         os.replace(tmp, out)
-    finally: tmp.unlink(missing_ok=True)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 # %% ../nbs/08_export.ipynb #a0453e8c
 def unsupported(cfg: dict) -> str | None:
-    "Why minillm cannot represent the transformers model of `cfg` (its config.json), or None if it can."
+    "Why minillm cannot represent the transformers model of `cfg` (None: it can)."
     rope = cfg.get('rope_parameters') or {}
-    if cfg.get('model_type') != 'llama': return f'its model_type is {cfg.get("model_type")!r}, not "llama"'
-    if cfg.get('hidden_act', 'silu') not in ('silu', 'swish'): return f'its activation is {cfg["hidden_act"]}, not SiLU'
-    if cfg.get('attention_bias') or cfg.get('mlp_bias'): return 'it has bias vectors, which minillm does not have'
-    if cfg.get('rope_scaling') or rope.get('rope_type', 'default') != 'default': return 'it scales its rotary positions'
-    if rope.get('partial_rotary_factor', cfg.get('partial_rotary_factor', 1.0)) != 1.0: return 'it rotates only part of each head'
+    if cfg.get('model_type') != 'llama':
+        return f'its model_type is {cfg.get("model_type")!r}, not "llama"'
+    if cfg.get('hidden_act', 'silu') not in ('silu', 'swish'):
+        return f'its activation is {cfg["hidden_act"]}, not SiLU'
+    if cfg.get('attention_bias') or cfg.get('mlp_bias'):
+        return 'it has bias vectors, which minillm does not have'
+    if cfg.get('rope_scaling') or rope.get('rope_type', 'default') != 'default':
+        return 'it scales its rotary positions'
+    if rope.get('partial_rotary_factor', cfg.get('partial_rotary_factor', 1.0)) != 1.0:
+        return 'it rotates only part of each head'
     n_embd, n_head = cfg.get('hidden_size', 0), cfg.get('num_attention_heads', 1)
     if cfg.get('head_dim') not in (None, n_embd // n_head) or n_embd % n_head:
-        return f'its head width {cfg.get("head_dim")} is not hidden_size / num_attention_heads'
+        return (f'its head width {cfg.get("head_dim")} is not '
+                'hidden_size / num_attention_heads')
     return None
 
+# %% ../nbs/08_export.ipynb #b3exp001
 def hf_model_config(cfg: dict) -> ModelConfig:
     "The `ModelConfig` of a transformers Llama config.json (a dict)."
-    rope = cfg.get('rope_parameters') or {}
-    return ModelConfig(vocab_size=cfg['vocab_size'], block_size=cfg['max_position_embeddings'],
-                       n_layer=cfg['num_hidden_layers'], n_head=cfg['num_attention_heads'],
-                       n_kv_head=cfg.get('num_key_value_heads') or cfg['num_attention_heads'],
+    rope, heads = cfg.get('rope_parameters') or {}, cfg['num_attention_heads']
+    return ModelConfig(vocab_size=cfg['vocab_size'],
+                       block_size=cfg['max_position_embeddings'],
+                       n_layer=cfg['num_hidden_layers'], n_head=heads,
+                       n_kv_head=cfg.get('num_key_value_heads') or heads,
                        n_embd=cfg['hidden_size'], mlp_hidden=cfg['intermediate_size'],
-                       rope_base=float(rope.get('rope_theta', cfg.get('rope_theta', 10000.0))),
-                       norm_eps=cfg.get('rms_norm_eps', 1e-6), tie_embeddings=cfg.get('tie_word_embeddings', False))
+                       rope_base=float(rope.get('rope_theta',
+                                                cfg.get('rope_theta', 10000.0))),
+                       norm_eps=cfg.get('rms_norm_eps', 1e-6),
+                       tie_embeddings=cfg.get('tie_word_embeddings', False))
 
 # %% ../nbs/08_export.ipynb #0601ec50
 def read_hf_tensors(d: Path) -> dict[str, torch.Tensor]:
-    "Every tensor in a transformers folder's `model.safetensors`, or in the shards its index lists."
+    """Every tensor in a transformers folder's `model.safetensors`, or in the shards its
+    index lists."""
     from safetensors.torch import load_file
     index = d / 'model.safetensors.index.json'
-    files = sorted(set(json.loads(index.read_text())['weight_map'].values())) if index.is_file() else ['model.safetensors']
+    files = (sorted(set(json.loads(index.read_text())['weight_map'].values()))
+             if index.is_file() else ['model.safetensors'])
     if not all((d / f).is_file() for f in files):
-        what = 'only pickle files (pytorch_model.bin), which minillm never loads' if (d / 'pytorch_model.bin').exists() else 'no model.safetensors'
-        raise MinillmError(f'cannot import {d}: it has {what}; save it with save_pretrained(..., safe_serialization=True)', ExitCode.USAGE)
+        what = ('only pickle files (pytorch_model.bin), which minillm never loads'
+                if (d / 'pytorch_model.bin').exists() else 'no model.safetensors')
+        raise MinillmError(f'cannot import {d}: it has {what}; save it with '
+                           'save_pretrained(..., safe_serialization=True)',
+                           ExitCode.USAGE)
     tensors = {}
     for f in files: tensors.update(load_file(str(d / f)))
     return tensors
 
 # %% ../nbs/08_export.ipynb #d63d9f8b
 def _write_imported(d: Path, out: Path, config: ModelConfig, tok: Tokenizer) -> Path:
-    "Load the folder's tensors into a `MiniLLM` (every tensor must be used) and save it with the tokenizer in `out`."
+    """Load the folder's tensors into a `MiniLLM` (every tensor must be used) and save
+    it with the tokenizer in `out`."""
     tensors = read_hf_tensors(d)
-    if config.tie_embeddings: tensors.pop('lm_head.weight', None)  # tied: the embedding is the head
-    tensors = {k: v for k, v in tensors.items() if not k.endswith('rotary_emb.inv_freq')}  # recomputed, not learned
+    # tied: the embedding is the head
+    if config.tie_embeddings: tensors.pop('lm_head.weight', None)
+    # recomputed, not learned
+    tensors = {k: v for k, v in tensors.items()
+               if not k.endswith('rotary_emb.inv_freq')}
     layer_parts = [k for k in GGUF_NAMES if not k.startswith(('model.', 'lm_head'))]
     known = {'model.embed_tokens.weight', 'model.norm.weight', 'lm_head.weight',
-             *(f'model.layers.{i}.{k}.weight' for i in range(config.n_layer) for k in layer_parts)}
+             *(f'model.layers.{i}.{k}.weight' for i in range(config.n_layer)
+               for k in layer_parts)}
     if extra := sorted(set(tensors) - known):
-        raise _import_error(d, f'it has tensors minillm cannot place, such as {extra[0]}')
+        raise _import_error(d,
+                            f'it has tensors minillm cannot place, such as {extra[0]}')
     model = MiniLLM(config)
     try: model.load_state_dict(minillm_state_dict(tensors, config))
     except (KeyError, RuntimeError) as e:
-        raise _import_error(d, f'its tensors do not fit its config.json ({str(e).splitlines()[0]})', ExitCode.GENERATION) from None
+        raise _import_error(d,
+                            'its tensors do not fit its config.json '
+                            f'({str(e).splitlines()[0]})',
+                            ExitCode.GENERATION) from None
     save_model(model, out)
-    with atomic_write(out / 'tokenizer.model', 'wb') as f: f.write(tok.path.read_bytes())
+    with atomic_write(out / 'tokenizer.model',
+                      'wb') as f: f.write(tok.path.read_bytes())
     return out
 
 # %% ../nbs/08_export.ipynb #cf1df7ff
@@ -304,19 +413,27 @@ def _import_error(d: Path, why: str, code=ExitCode.USAGE) -> MinillmError:
     return MinillmError(f'cannot import {d}: {why}', code)
 
 def import_hf(hf_dir, out_dir, force: bool = False) -> Path:
-    "Turn a transformers Llama folder (safetensors, SentencePiece tokenizer.model) into a minillm checkpoint."
+    """Turn a transformers Llama folder (safetensors, SentencePiece tokenizer.model)
+    into a minillm checkpoint."""
     d = Path(hf_dir)
     try: cfg = json.loads((d / 'config.json').read_text())
     except (OSError, ValueError) as e:
-        raise _import_error(d, f'no readable config.json ({type(e).__name__}); point at a folder written by save_pretrained', ExitCode.GENERATION) from None
-    if why := unsupported(cfg): raise _import_error(d, f'{why}; minillm represents plain Llama models only')
+        raise _import_error(d, f'no readable config.json ({type(e).__name__}); point '
+                               'at a folder written by save_pretrained',
+                            ExitCode.GENERATION) from None
+    if why := unsupported(cfg):
+        raise _import_error(d, f'{why}; minillm represents plain Llama models only')
     try: config = hf_model_config(cfg)
-    except (KeyError, ValueError, TypeError) as e: raise _import_error(d, f'config.json: {e}', ExitCode.GENERATION) from None
-    if not (d / 'tokenizer.model').is_file(): raise _import_error(d, 'it has no SentencePiece tokenizer.model, the only kind minillm runs')
+    except (KeyError, ValueError, TypeError) as e:
+        raise _import_error(d, f'config.json: {e}', ExitCode.GENERATION) from None
+    if not (d / 'tokenizer.model').is_file():
+        raise _import_error(d, 'it has no SentencePiece tokenizer.model, the only kind '
+                               'minillm runs')
     tok = Tokenizer.load(d / 'tokenizer.model', exit_code=ExitCode.GENERATION)
     if tok.vocab_size != config.vocab_size:
-        raise _import_error(d, f'tokenizer.model has {tok.vocab_size} pieces but the model {config.vocab_size} embeddings')
-    if why := size_problem(config): raise _import_error(d, why)  # the rule load_model applies (section 5.1)
+        raise _import_error(d, f'tokenizer.model has {tok.vocab_size} pieces but the '
+                               f'model {config.vocab_size} embeddings')
+    if why := size_problem(config): raise _import_error(d, why)  # load_model's rule
     out = prepare_out(out_dir, d, force)
     return _write_imported(d, out, config, tok)
 
@@ -324,8 +441,10 @@ def import_hf(hf_dir, out_dir, force: bool = False) -> Path:
 @dataclass
 class ExportConfig:
     "One `minillm export` run; each field is a command-line option."
-    checkpoint_dir: str = ''   # a checkpoint, or a training output directory (its best checkpoint)
-    format: str = ''           # hf: a transformers Llama folder; gguf: one file for llama.cpp
+    # a checkpoint, or a training output directory (its best checkpoint)
+    checkpoint_dir: str = ''
+    # hf: a transformers Llama folder; gguf: one file for llama.cpp
+    format: str = ''
     out: str = ''              # the folder (hf) or the .gguf file (gguf) to write
     dtype: str = 'float32'     # precision of the weight matrices
     force: bool = False        # write into a non-empty folder or over an existing file
@@ -333,36 +452,54 @@ class ExportConfig:
 @dataclass
 class ImportConfig:
     "One `minillm import-hf` run; each field is a command-line option."
-    hf_dir: str = ''           # a folder written by save_pretrained or by `minillm export --format hf`
+    # a folder written by save_pretrained or by `minillm export --format hf`
+    hf_dir: str = ''
     out_dir: str = ''          # the checkpoint folder to write
     force: bool = False        # write into a non-empty folder
 
 # %% ../nbs/08_export.ipynb #8f166afe
 def _run_export(args) -> int:
     cfg, t0 = config_from_args(ExportConfig, args), time.perf_counter()
-    if cfg.format == 'hf': out = export_hf(cfg.checkpoint_dir, cfg.out, cfg.dtype, cfg.force); weights = out / 'model.safetensors'
-    else: out = weights = export_gguf(cfg.checkpoint_dir, cfg.out, cfg.dtype, cfg.force)
-    what = 'a Hugging Face Llama folder' if cfg.format == 'hf' else 'a GGUF file for llama.cpp'
-    print(f'exported {cfg.checkpoint_dir} as {what} ({cfg.dtype}, weights {weights.stat().st_size / 1e6:.1f} MB) '
+    if cfg.format == 'hf':
+        out = export_hf(cfg.checkpoint_dir, cfg.out, cfg.dtype, cfg.force)
+        weights = out / 'model.safetensors'
+    else:
+        out = weights = export_gguf(cfg.checkpoint_dir, cfg.out, cfg.dtype, cfg.force)
+    what = (
+        'a Hugging Face Llama folder'
+        if cfg.format == 'hf'
+        else 'a GGUF file for llama.cpp'
+    )
+    print(f'exported {cfg.checkpoint_dir} as {what} ({cfg.dtype}, weights '
+          f'{weights.stat().st_size / 1e6:.1f} MB) '
           f'in {time.perf_counter() - t0:.1f} s -> {out}')
     return 0
 
 def _run_import(args) -> int:
     cfg, t0 = config_from_args(ImportConfig, args), time.perf_counter()
     out = import_hf(cfg.hf_dir, cfg.out_dir, cfg.force)
-    print(f'imported {cfg.hf_dir} as a minillm checkpoint in {time.perf_counter() - t0:.1f} s -> {out}')
+    print(f'imported {cfg.hf_dir} as a minillm checkpoint in '
+          f'{time.perf_counter() - t0:.1f} s -> {out}')
     return 0
 
 # %% ../nbs/08_export.ipynb #51e67f67
 def add_cli(subparsers) -> None:
-    "Register `minillm export` and `minillm import-hf`: an option per field of `ExportConfig` and `ImportConfig`."
+    """Register `minillm export` and `minillm import-hf`: an option per field of
+    `ExportConfig` and `ImportConfig`."""
     p = add_command(subparsers, 'export', _run_export,
-                    'export a checkpoint for Hugging Face transformers (a folder) or llama.cpp (a GGUF file)',
-                    ['minillm export --checkpoint runs/first --format gguf --out runs/first.gguf',
-                     'minillm export --checkpoint runs/first --format hf --out runs/first-hf'])
-    add_options(p, ExportConfig, flags={'checkpoint_dir': '--checkpoint'}, checkpoint_dir=dict(required=True),
-                format=dict(required=True, choices=['hf', 'gguf']), out=dict(required=True), dtype=dict(choices=DTYPES))
+                    'export a checkpoint for Hugging Face transformers (a folder) or '
+                    'llama.cpp (a GGUF file)',
+                    ['minillm export --checkpoint runs/first --format gguf --out '
+                     'runs/first.gguf',
+                     'minillm export --checkpoint runs/first --format hf --out '
+                     'runs/first-hf'])
+    add_options(p, ExportConfig, flags={'checkpoint_dir': '--checkpoint'},
+                checkpoint_dir=dict(required=True),
+                format=dict(required=True, choices=['hf', 'gguf']),
+                out=dict(required=True), dtype=dict(choices=DTYPES))
     p = add_command(subparsers, 'import-hf', _run_import,
-                    'turn a Hugging Face Llama folder (safetensors + tokenizer.model) into a minillm checkpoint',
+                    'turn a Hugging Face Llama folder (safetensors + tokenizer.model) '
+                    'into a minillm checkpoint',
                     ['minillm import-hf runs/first-hf --out runs/back'])
-    add_options(p, ImportConfig, flags={'hf_dir': 'hf_dir', 'out_dir': '--out'}, out_dir=dict(required=True))
+    add_options(p, ImportConfig, flags={'hf_dir': 'hf_dir', 'out_dir': '--out'},
+                out_dir=dict(required=True))

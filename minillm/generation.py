@@ -13,7 +13,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import MinillmError, ExitCode, add_command, add_options, atomic_write, config_from_args
+from minillm.core import (
+    MinillmError,
+    ExitCode,
+    add_command,
+    add_options,
+    atomic_write,
+    config_from_args,
+)
 from .model import MiniLLM
 from .checkpoint import find_checkpoint, load, snapshots
 from .ngram import baseline_bpb
@@ -29,39 +36,56 @@ __all__ = ['WORD', 'VALIDATE_PROMPTS', 'BASELINES', 'THRESHOLDS', 'check_samplin
            'GenerateConfig', 'EvaluateConfig', 'add_cli']
 
 # %% ../nbs/06_generation.ipynb #90bf3c7b
-def check_sampling(temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
+def check_sampling(temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float = 1.0,
                    repetition_penalty: float = 1.0, max_new_tokens: int = 1) -> None:
     "Raise a one-line usage error for sampling settings that make no sense."
-    if not temperature >= 0: raise MinillmError(f'--temperature must be 0 (greedy) or more, not {temperature}', ExitCode.USAGE)
-    if not 0 < top_p <= 1: raise MinillmError(f'--top-p must be in (0, 1], not {top_p}', ExitCode.USAGE)
-    if top_k is not None and top_k < 1: raise MinillmError(f'--top-k must be 1 or more, not {top_k}', ExitCode.USAGE)
-    if not repetition_penalty > 0: raise MinillmError(f'--repetition-penalty must be positive, not {repetition_penalty}', ExitCode.USAGE)
-    if max_new_tokens < 0: raise MinillmError(f'--max-new-tokens must be 0 or more, not {max_new_tokens}', ExitCode.USAGE)
+    if not temperature >= 0: raise MinillmError('--temperature must be 0 (greedy) or '
+                                                f'more, not {temperature}',
+                                                ExitCode.USAGE)
+    if not 0 < top_p <= 1: raise MinillmError(f'--top-p must be in (0, 1], not {top_p}',
+                                              ExitCode.USAGE)
+    if top_k is not None and top_k < 1: raise MinillmError('--top-k must be 1 or '
+                                                           f'more, not {top_k}',
+                                                           ExitCode.USAGE)
+    if not repetition_penalty > 0: raise MinillmError('--repetition-penalty must be '
+                                                      'positive, not '
+                                                      f'{repetition_penalty}',
+                                                      ExitCode.USAGE)
+    if max_new_tokens < 0: raise MinillmError('--max-new-tokens must be 0 or more, '
+                                              f'not {max_new_tokens}', ExitCode.USAGE)
 
 # %% ../nbs/06_generation.ipynb #0ce7e061
 def filter_logits(logits, top_k: int | None = None, top_p: float = 1.0):
-    "Logits (B, V) with every token outside the top-k and outside the top-p nucleus set to -inf."
+    """Logits (B, V) with every token outside the top-k and outside the top-p nucleus
+    set to -inf."""
     if top_k is not None and top_k < logits.size(-1):
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]                   # (B, 1): the k-th best score
+        # (B, 1): the k-th best score
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float('-inf'))
     if top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= top_p                       # mass before this token already >= p
+        # mass before this token already >= p
+        drop = cum - sorted_logits.softmax(-1) >= top_p
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float('-inf'))
     return logits
 
 # %% ../nbs/06_generation.ipynb #0788b960
 def penalize_repeats(logits, seen, penalty: float = 1.0):
-    "Logits (B, V) with the tokens in `seen` (B, T) made less likely by `penalty` (CTRL's rule)."
+    """Logits (B, V) with the tokens in `seen` (B, T) made less likely by `penalty`
+    (CTRL's rule)."""
     if penalty == 1.0: return logits
     prev = logits.gather(-1, seen)
-    return logits.scatter(-1, seen, torch.where(prev > 0, prev / penalty, prev * penalty))
+    return logits.scatter(-1, seen, torch.where(prev > 0, prev / penalty,
+                                                prev * penalty))
 
 # %% ../nbs/06_generation.ipynb #285fbd28
-def pick_next(logits, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
+def pick_next(logits, temperature: float = 1.0, top_k: int | None = None,
+              top_p: float = 1.0,
               generator: torch.Generator | None = None):
-    "The next token id (B,) from logits (B, V): argmax at temperature 0, else a draw from the filtered softmax."
+    """The next token id (B,) from logits (B, V): argmax at temperature 0, else a draw
+    from the filtered softmax."""
     if temperature == 0: return logits.argmax(-1)
     probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
@@ -116,7 +140,8 @@ def decode_steps(model: MiniLLM, cache: KVCache, compile: bool = False) -> Calla
 
 # %% ../nbs/06_generation.ipynb #7ad99065
 class StreamDecoder:
-    "Turn token ids into text pieces as they arrive; a character split over byte tokens waits for its last byte."
+    """Turn token ids into text pieces as they arrive; a character split over byte
+    tokens waits for its last byte."""
     def __init__(self, tok: Tokenizer, context: list[int]):
         self.tok, self.anchor, self.pending = tok, list(context[-1:]), []
 
@@ -124,7 +149,8 @@ class StreamDecoder:
         "The new text that `token_id` completes ('' while a character is incomplete)."
         self.pending.append(int(token_id))
         text = self.tok.decode(self.anchor + self.pending)
-        if text.endswith('\ufffd') and len(self.pending) < 4: return ''  # wait for the other bytes (at most 4)
+        # wait for the other bytes (at most 4)
+        if text.endswith('\ufffd') and len(self.pending) < 4: return ''
         piece = text[len(self.tok.decode(self.anchor)):]
         self.anchor, self.pending = self.pending[-1:], []
         return piece
@@ -132,13 +158,15 @@ class StreamDecoder:
     def flush(self) -> str:
         "Whatever is still held back (an incomplete character at the very end)."
         if not self.pending: return ''
-        piece = self.tok.decode(self.anchor + self.pending)[len(self.tok.decode(self.anchor)):]
+        piece = self.tok.decode(self.anchor
+                                + self.pending)[len(self.tok.decode(self.anchor)):]
         self.anchor, self.pending = self.pending[-1:], []
         return piece
 
 # %% ../nbs/06_generation.ipynb #6f80acc2
 class StopScanner:
-    "Pass text through until one of `stops` appears; hold back a tail that could be the start of one."
+    """Pass text through until one of `stops` appears; hold back a tail that could be
+    the start of one."""
     def __init__(self, stops: list[str]):
         self.stops, self.buffer, self.stopped = [s for s in stops if s], '', False
 
@@ -149,8 +177,12 @@ class StopScanner:
         if hits:
             self.stopped, out, self.buffer = True, self.buffer[:min(hits)], ''
             return out
-        hold = max((k for s in self.stops for k in range(1, len(s)) if self.buffer.endswith(s[:k])), default=0)
-        out, self.buffer = self.buffer[:len(self.buffer) - hold], self.buffer[len(self.buffer) - hold:]
+        hold = max((k for s in self.stops for k in range(1, len(s))
+                    if self.buffer.endswith(s[:k])), default=0)
+        out, self.buffer = (
+            self.buffer[: len(self.buffer) - hold],
+            self.buffer[len(self.buffer) - hold :],
+        )
         return out
 
     def flush(self) -> str:
@@ -159,16 +191,19 @@ class StopScanner:
 
 # %% ../nbs/06_generation.ipynb #065a64cf
 def _prompt_ids(tok: Tokenizer, prompt: str, block_size: int) -> list[int]:
-    "Token ids of `prompt` (an end-of-text token for an empty one), cut from the left to the context."
+    """Token ids of `prompt` (an end-of-text token for an empty one), cut from the left
+    to the context."""
     ids = tok.encode(prompt) if prompt else [tok.eos_id]
     if len(ids) > block_size:
-        warnings.warn(f'prompt of {len(ids)} tokens is longer than the context ({block_size}): '
+        warnings.warn(f'prompt of {len(ids)} tokens is longer than the context '
+                      f'({block_size}): '
                       f'keeping its last {block_size} tokens', stacklevel=3)
         ids = ids[-block_size:]
     return ids
 
 # %% ../nbs/06_generation.ipynb #aca17c13
-def _stream_batch(model, tok, rows, prompt_ids, pick, max_new_tokens, stops, stop_at_eos,
+def _stream_batch(model, tok, rows, prompt_ids, pick, max_new_tokens, stops,
+                  stop_at_eos,
                   use_cache, token_ids, device, compile: bool = False):
     "Generate for prompts of equal length; yield (row, piece) until every row is done."
     decoders = [StreamDecoder(tok, p) for p in prompt_ids]
@@ -183,31 +218,43 @@ def _stream_batch(model, tok, rows, prompt_ids, pick, max_new_tokens, stops, sto
             done[b] = scanners[b].stopped
         if all(done): break
     for b in range(len(rows)):
-        if not done[b] and (piece := scanners[b].feed(decoders[b].flush()) + scanners[b].flush()): yield rows[b], piece
+        if not done[b] and (piece := scanners[b].feed(decoders[b].flush())
+                            + scanners[b].flush()): yield rows[b], piece
 
 # %% ../nbs/06_generation.ipynb #a811c38c
-def stream(model: MiniLLM, tokenizer: Tokenizer, prompts: str | list[str], max_new_tokens: int = 100,
-           temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0, repetition_penalty: float = 1.0,
-           stop: str | list[str] | None = None, stop_at_eos: bool = True, seed: int | None = None,
-           use_cache: bool = True, token_ids: list | None = None) -> Iterator[tuple[int, str]]:
-    "Yield `(prompt_index, text_piece)` as text is produced; token ids per prompt go to `token_ids` if given."
+def stream(model: MiniLLM, tokenizer: Tokenizer, prompts: str | list[str],
+           max_new_tokens: int = 100, temperature: float = 1.0,
+           top_k: int | None = None, top_p: float = 1.0,
+           repetition_penalty: float = 1.0, stop: str | list[str] | None = None,
+           stop_at_eos: bool = True, seed: int | None = None, use_cache: bool = True,
+           token_ids: list | None = None) -> Iterator[tuple[int, str]]:
+    """Yield `(prompt_index, text_piece)` as text is produced; token ids per prompt go
+    to `token_ids` if given."""
     check_sampling(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     device = model.embed.weight.device
-    gen = torch.Generator(device).manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
-    def pick(logits, ids): return pick_next(penalize_repeats(logits, ids, repetition_penalty), temperature, top_k, top_p, gen)
+    gen = torch.Generator(device).manual_seed(
+        seed if seed is not None else int(torch.seed() % 2**63))
+    def pick(logits, ids):
+        logits = penalize_repeats(logits, ids, repetition_penalty)
+        return pick_next(logits, temperature, top_k, top_p, gen)
     ids_of = [_prompt_ids(tokenizer, p, model.config.block_size) for p in prompts]
     if token_ids is not None: token_ids[:] = [[] for _ in prompts]
-    for n in sorted({len(i) for i in ids_of}):                         # one batch per prompt length
+    # one batch per prompt length
+    for n in sorted({len(i) for i in ids_of}):
         rows = [r for r, i in enumerate(ids_of) if len(i) == n]
-        yield from _stream_batch(model, tokenizer, rows, [ids_of[r] for r in rows], pick, max_new_tokens,
-                                 stops, stop_at_eos, use_cache, token_ids, device)
+        yield from _stream_batch(model, tokenizer, rows, [ids_of[r] for r in rows],
+                                 pick, max_new_tokens, stops, stop_at_eos, use_cache,
+                                 token_ids, device)
 
 # %% ../nbs/06_generation.ipynb #86a54956
-def generate(model: MiniLLM, tokenizer: Tokenizer, prompt: str | list[str], max_new_tokens: int = 100,
-             on_text: Callable[[int, str], None] | None = None, **kwargs) -> str | list[str]:
-    "The text generated after `prompt` (a list of texts for a list of prompts); `on_text(i, piece)` sees it stream."
+def generate(model: MiniLLM, tokenizer: Tokenizer, prompt: str | list[str],
+             max_new_tokens: int = 100,
+             on_text: Callable[[int, str], None] | None = None,
+             **kwargs) -> str | list[str]:
+    """The text generated after `prompt` (a list of texts for a list of prompts);
+    `on_text(i, piece)` sees it stream."""
     texts = [''] * (1 if isinstance(prompt, str) else len(prompt))
     for i, piece in stream(model, tokenizer, prompt, max_new_tokens, **kwargs):
         texts[i] += piece
@@ -216,34 +263,45 @@ def generate(model: MiniLLM, tokenizer: Tokenizer, prompt: str | list[str], max_
 
 # %% ../nbs/06_generation.ipynb #705d8055
 @torch.inference_mode()
-def token_nll(model: MiniLLM, ids, stride: int | None = None, batch_size: int = 16) -> np.ndarray:
-    "Negative log-likelihood in nats of each token of `ids` after the first, from strided full-context windows."
+def token_nll(model: MiniLLM, ids, stride: int | None = None,
+              batch_size: int = 16) -> np.ndarray:
+    """Negative log-likelihood in nats of each token of `ids` after the first, from
+    strided full-context windows."""
     T, ids = model.config.block_size, torch.as_tensor(np.asarray(ids, dtype=np.int64))
     stride, n = min(stride or T // 2, T), len(ids)
-    T = min(T, n - 1)                                                  # a text shorter than the context: one window
-    starts = list(range(0, n - 1 - T, stride)) + [n - 1 - T]           # the last window ends at the last token
-    out, done, device = [], 0, model.embed.weight.device               # done: targets scored so far
+    # a text shorter than the context: one window
+    T = min(T, n - 1)
+    # the last window ends at the last token
+    starts = list(range(0, n - 1 - T, stride)) + [n - 1 - T]
+    # done: targets scored so far
+    out, done, device = [], 0, model.embed.weight.device
     for s in range(0, len(starts), batch_size):
         a = starts[s:s + batch_size]
         x = torch.stack([ids[i:i + T + 1] for i in a]).to(device)     # (b, T+1)
         logits = model(x[:, :-1])[0].float()                          # (b, T, V)
-        nll = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction='none').view(len(a), T).cpu()  # (b, T)
-        for i, row in zip(a, nll):                                      # keep the targets no window scored yet
+        # (b, T)
+        nll = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(),
+                              reduction='none').view(len(a), T).cpu()
+        # keep the targets no window scored yet
+        for i, row in zip(a, nll):
             out.append(row[done - i:]); done = i + T
     return torch.cat(out).numpy()
 
 # %% ../nbs/06_generation.ipynb #30eb46a0
-WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")  # runs of letters, with inner apostrophes (don't, o'clock)
+# runs of letters, with inner apostrophes (don't, o'clock)
+WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
 
 def words_of(text: str) -> list[str]: return [w.lower() for w in WORD.findall(text)]
 
 def distinct_bigrams(texts: list[str]) -> float:
-    "Distinct word pairs / all word pairs over `texts` (1.0: no pair repeats; near 0: a loop)."
+    """Distinct word pairs / all word pairs over `texts` (1.0: no pair repeats; near 0:
+    a loop)."""
     pairs = [p for t in texts for p in zip(words_of(t), words_of(t)[1:])]
     return len(set(pairs)) / len(pairs) if pairs else 0.0
 
 def reference_bigrams(text: str, lengths: list[int], groups: int = 8) -> float:
-    "The distinct-bigram ratio of real text cut like the samples: chunks of `lengths` words, mean over `groups` runs of them."
+    """The distinct-bigram ratio of real text cut like the samples: chunks of `lengths`
+    words, mean over `groups` runs of them."""
     words, ratios, at = words_of(text), [], 0
     for _ in range(groups):
         chunks = []
@@ -257,73 +315,105 @@ def reference_bigrams(text: str, lengths: list[int], groups: int = 8) -> float:
 # %% ../nbs/06_generation.ipynb #6eae885a
 VALIDATE_PROMPTS = ['', 'The', 'It was', 'He said', 'In the morning', 'She']
 
-def validation_inputs(ck: Path, data_dir=None, corpus_dir=None) -> tuple[Path, Path | None]:
-    "The data and corpus directories for `validate`: given, else from train_config.json and meta.json."
+def validation_inputs(ck: Path, data_dir=None,
+                      corpus_dir=None) -> tuple[Path, Path | None]:
+    """The data and corpus directories for `validate`: given, else from
+    train_config.json and meta.json."""
     if not data_dir:
-        try: data_dir = json.loads((ck / 'train_config.json').read_text()).get('data_dir')
+        try: data_dir = json.loads((ck/'train_config.json').read_text()).get('data_dir')
         except (OSError, ValueError): data_dir = None
     if not data_dir or not (Path(data_dir) / 'meta.json').is_file():
-        raise MinillmError(f'validation needs token shards: {data_dir or "no data_dir in " + str(ck / "train_config.json")} '
-                           f'has no meta.json; pass --data DIR (the output of `minillm tokenizer`)', ExitCode.USAGE)
+        where = data_dir or 'no data_dir in ' + str(ck / 'train_config.json')
+        raise MinillmError(f'validation needs token shards: {where} has no meta.json; '
+                           'pass --data DIR (the output of `minillm tokenizer`)',
+                           ExitCode.USAGE)
     corpus_dir = corpus_dir or read_meta(data_dir).get('corpus_dir')
-    return Path(data_dir), Path(corpus_dir) if corpus_dir and (Path(corpus_dir) / 'manifest.json').is_file() else None
+    has_corpus = corpus_dir and (Path(corpus_dir) / 'manifest.json').is_file()
+    return Path(data_dir), Path(corpus_dir) if has_corpus else None
 
 # %% ../nbs/06_generation.ipynb #6bbc1d6d
-def corpus_words(tok: Tokenizer, data_dir: Path, corpus_dir: Path | None) -> tuple[set[str], str]:
-    "The training corpus's word list, from the corpus if there is one, else from the decoded train shard."
+def corpus_words(tok: Tokenizer, data_dir: Path,
+                 corpus_dir: Path | None) -> tuple[set[str], str]:
+    """The training corpus's word list, from the corpus if there is one, else from the
+    decoded train shard."""
     if corpus_dir is not None:
         from minillm.corpus import iter_documents
-        return {w for doc in iter_documents(corpus_dir, 'train') for w in words_of(doc)}, str(corpus_dir)
+        return {w for doc in iter_documents(corpus_dir, 'train')
+                for w in words_of(doc)}, str(corpus_dir)
     train = load_shard(data_dir, 'train')
-    text = ''.join(tok.decode(train[i:i + (1 << 20)]) for i in range(0, len(train), 1 << 20))
+    text = ''.join(tok.decode(train[i:i + (1 << 20)]) for i in range(0, len(train),
+                                                                     1 << 20))
     return set(words_of(text)), f'{data_dir / "train.bin"} (decoded)'
 
 # %% ../nbs/06_generation.ipynb #9760ca06
-BASELINES = {1: 'unigram', 2: 'bigram', 3: 'trigram'}  # chapter 3's Kneser-Ney counting models
+# chapter 3's Kneser-Ney counting models
+BASELINES = {1: 'unigram', 2: 'bigram', 3: 'trigram'}
 
-def score_split(model: MiniLLM, tok: Tokenizer, data_dir: Path, max_tokens: int = 0) -> dict:
-    "Bits per byte of the model and of the counting baselines on the validation shard (all of it by default)."
+def score_split(model: MiniLLM, tok: Tokenizer, data_dir: Path,
+                max_tokens: int = 0) -> dict:
+    """Bits per byte of the model and of the counting baselines on the validation shard
+    (all of it by default)."""
     meta, val = read_meta(data_dir), load_shard(data_dir, 'val')
     ids = np.asarray(val[:max_tokens + 1] if max_tokens else val, dtype=np.int64)
     if len(ids) < 2:
-        raise MinillmError(f'validation shard {data_dir / "val.bin"} is empty; re-encode a bigger corpus', ExitCode.USAGE)
-    # bytes of the text the scored tokens stand for: the meta's count for the whole split, else decoded
-    n_bytes = meta['val_bytes'] if len(ids) == len(val) else len(tok.decode(ids[1:].tolist()).encode())
+        raise MinillmError(f'validation shard {data_dir / "val.bin"} is empty; '
+                           're-encode a bigger corpus', ExitCode.USAGE)
+    # bytes of the text the scored tokens stand for: the meta's count for the whole
+    # split, else decoded
+    n_bytes = (
+        meta['val_bytes']
+        if len(ids) == len(val)
+        else len(tok.decode(ids[1:].tolist()).encode())
+    )
     model_bits = token_nll(model, ids).sum() / math.log(2)
-    # the baselines are counted on this run's own training tokens and score the very same tokens
-    base = baseline_bpb(load_shard(data_dir, 'train'), ids, n_bytes, model.config.vocab_size, tuple(BASELINES))
-    return dict(val_tokens_scored=len(ids) - 1, val_bytes_scored=n_bytes, val_bpb=round(float(model_bits / n_bytes), 4),
+    # the baselines are counted on this run's own training tokens and score the very
+    # same tokens
+    base = baseline_bpb(load_shard(data_dir, 'train'), ids, n_bytes,
+                        model.config.vocab_size, tuple(BASELINES))
+    return dict(val_tokens_scored=len(ids) - 1, val_bytes_scored=n_bytes,
+                val_bpb=round(float(model_bits / n_bytes), 4),
                 baselines={BASELINES[n]: round(b, 4) for n, b in base.items()})
 
 # %% ../nbs/06_generation.ipynb #65baf3c2
 @dataclass
 class CheckpointOptions:
-    "What every command that reads a checkpoint is told: which one, and where to run it."
+    """What every command that reads a checkpoint is told: which one, and where to run
+    it."""
     checkpoint_dir: str = ''   # a checkpoint directory or a training output directory
-    device: str = 'auto'       # auto (a GPU when PyTorch sees one, as training does), cpu, cuda, cuda:N or mps
+    # auto (a GPU when PyTorch sees one, as training does), cpu, cuda, cuda:N or mps
+    device: str = 'auto'
 
 @dataclass
 class ValidateConfig(CheckpointOptions):
-    "One validation: the checkpoint, the data to score it on, and the thresholds it must meet."
-    data_dir: str | None = None        # token shards (default: the checkpoint's train_config.json data_dir)
-    corpus_dir: str | None = None      # cleaned corpus for the word list (default: the shards' meta.json corpus_dir)
+    """One validation: the checkpoint, the data to score it on, and the thresholds it
+    must meet."""
+    # token shards (default: the checkpoint's train_config.json data_dir)
+    data_dir: str | None = None
+    # cleaned corpus for the word list (default: the shards' meta.json corpus_dir)
+    corpus_dir: str | None = None
     report_path: str | None = None     # write the JSON report here
-    max_bpb_ratio: float = 0.97        # bits per byte on the validation text must be <= this x the best counting baseline
+    # bits per byte on the validation text must be <= this x the best counting baseline
+    max_bpb_ratio: float = 0.97
     min_word_fraction: float = 0.8     # generated words found in the corpus, at least
-    min_distinct_bigrams: float = 0.5  # distinct word bigrams / all in the samples, at least this x the same ratio of validation text in chunks of the same word counts
+    # distinct word bigrams / all in the samples, at least this x the same ratio of
+    # validation text in chunks of the same word counts
+    min_distinct_bigrams: float = 0.5
     n_samples: int = 6                 # texts to sample
     sample_tokens: int = 80            # tokens per sample
     seed: int = 0                      # sampling seed
     temperature: float = 0.8           # sampling temperature of the samples
     top_k: int | None = 50             # the samples draw from the k most likely tokens
-    max_tokens: int = 0                # validation tokens scored at most; 0: all of them
+    # validation tokens scored at most; 0: all of them
+    max_tokens: int = 0
 
 # %% ../nbs/06_generation.ipynb #4f7bf247
 def resolve_device(name: str) -> torch.device:
-    "The device `--device NAME` means (chapter 5's `pick_device`), with a name PyTorch does not know refused in one line."
+    """The device `--device NAME` means (chapter 5's `pick_device`), with a name PyTorch
+    does not know refused in one line."""
     try: return pick_device(name)
     except RuntimeError:
-        raise MinillmError(f'--device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps', ExitCode.USAGE) from None
+        raise MinillmError(f'--device {name!r} is not a device: use auto, cpu, cuda, '
+                           'cuda:N or mps', ExitCode.USAGE) from None
 
 # %% ../nbs/06_generation.ipynb #06779712
 def _write_json(obj, path) -> None:
@@ -335,114 +425,168 @@ def _write_json(obj, path) -> None:
 THRESHOLDS = ('max_bpb_ratio', 'min_word_fraction', 'min_distinct_bigrams')
 
 def bpb_check(scores: dict, ratio: float) -> dict:
-    "The model's bits per byte against the best counting baseline, which it must beat by the factor `ratio`."
+    """The model's bits per byte against the best counting baseline, which it must beat
+    by the factor `ratio`."""
     name, best = min(scores['baselines'].items(), key=lambda kv: kv[1])
     threshold = round(ratio * best, 4)
-    return dict(value=scores['val_bpb'], threshold=threshold, passed=bool(scores['val_bpb'] <= threshold),
-                rule=f'bits per byte of the validation text <= {ratio} x the best counting baseline ({name}, {best})')
+    return dict(value=scores['val_bpb'], threshold=threshold,
+                passed=bool(scores['val_bpb'] <= threshold),
+                rule=f'bits per byte of the validation text <= {ratio} x the best '
+                f'counting baseline ({name}, {best})')
 
 def changed_thresholds(cfg: ValidateConfig) -> dict:
-    "The thresholds of `cfg` that differ from their defaults, as {name: [value, default]}: a report shows them."
+    """The thresholds of `cfg` that differ from their defaults, as {name: [value,
+    default]}: a report shows them."""
     d = ValidateConfig()
-    return {n: [getattr(cfg, n), getattr(d, n)] for n in THRESHOLDS if getattr(cfg, n) != getattr(d, n)}
+    return {
+        n: [getattr(cfg, n), getattr(d, n)]
+        for n in THRESHOLDS
+        if getattr(cfg, n) != getattr(d, n)
+    }
 
 # %% ../nbs/06_generation.ipynb #3b37c67b
-def sample_checks(samples: list[str], vocab: set[str], val_text: str, cfg: ValidateConfig) -> dict:
-    "Checks on the samples: most words are real, and word pairs repeat no more than in real text (no loops)."
+def sample_checks(samples: list[str], vocab: set[str], val_text: str,
+                  cfg: ValidateConfig) -> dict:
+    """Checks on the samples: most words are real, and word pairs repeat no more than in
+    real text (no loops)."""
     words = [w for s in samples for w in words_of(s)]
     found = round(sum(w in vocab for w in words) / len(words), 4) if words else 0.0
     ref = reference_bigrams(val_text, [len(words_of(s)) for s in samples])
-    distinct, need = round(distinct_bigrams(samples), 4), round(cfg.min_distinct_bigrams * ref, 4)
-    return {'real_words': dict(value=found, threshold=cfg.min_word_fraction, passed=found >= cfg.min_word_fraction,
-                               rule='fraction of generated words in the corpus word list >= threshold'),
-            'distinct_bigrams': dict(value=distinct, threshold=need, reference=round(ref, 4),
-                                     passed=bool(0 < distinct and distinct >= need),  # no pairs at all is no text
-                                     rule=f'distinct word bigrams / all word bigrams in the samples >= '
-                                          f'{cfg.min_distinct_bigrams} x the same ratio of validation text cut into '
-                                          f'chunks of the same word counts ({ref:.4f})')}
+    distinct = round(distinct_bigrams(samples), 4)
+    need = round(cfg.min_distinct_bigrams * ref, 4)
+    return {
+        'real_words': dict(
+            value=found, threshold=cfg.min_word_fraction,
+            passed=found >= cfg.min_word_fraction,
+            rule='fraction of generated words in the corpus word list >= threshold'),
+        'distinct_bigrams': dict(
+            value=distinct, threshold=need, reference=round(ref, 4),
+            passed=bool(0 < distinct and distinct >= need),   # no pairs at all: no text
+            rule=(f'distinct word bigrams / all word bigrams in the samples >= '
+                  f'{cfg.min_distinct_bigrams} x the same ratio of validation text '
+                  f'cut into chunks of the same word counts ({ref:.4f})'))}
 
 # %% ../nbs/06_generation.ipynb #640c6933
-def progress_samples(run_dir, prompts: list[str], cfg: ValidateConfig, device) -> list[dict]:
-    "Samples from each snapshot of a training run (start, middle, end): the same prompts and seeds."
+def progress_samples(run_dir, prompts: list[str], cfg: ValidateConfig,
+                     device) -> list[dict]:
+    """Samples from each snapshot of a training run (start, middle, end): the same
+    prompts and seeds."""
     rows = []
     for step, d in snapshots(run_dir):
         model, tok = load(d, device)
-        texts = [generate(model, tok, p, cfg.sample_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                          seed=cfg.seed + i) for i, p in enumerate(prompts)]
+        texts = [generate(model, tok, p, cfg.sample_tokens, temperature=cfg.temperature,
+                          top_k=cfg.top_k, seed=cfg.seed + i)
+                 for i, p in enumerate(prompts)]
         rows.append(dict(step=step, samples=[dict(prompt=p, seed=cfg.seed + i, text=t)
-                                             for i, (p, t) in enumerate(zip(prompts, texts))]))
+                     for i, (p, t) in enumerate(zip(prompts, texts))]))
     return rows
+
+def _progress(cfg: ValidateConfig, ck: Path, prompts: list[str], samples: list) -> list:
+    "The snapshots' samples, then the validated weights' own (the end)."
+    # a run, or its checkpoint
+    run = Path(cfg.checkpoint_dir)
+    run = run if snapshots(run) else ck.parent.parent
+    state = ck / 'state.json'
+    step = json.loads(state.read_text())['global_step'] if state.exists() else None
+    rows = progress_samples(run, prompts[:3], cfg, resolve_device(cfg.device))
+    return rows + ([dict(step=step, samples=samples[:3])] if step else [])
 
 # %% ../nbs/06_generation.ipynb #39ac87e7
 def validate(checkpoint_dir, **options) -> dict:
-    "Check that a checkpoint learned real text: it beats counting, writes words, does not loop. `options`: ValidateConfig."
+    """Check that a checkpoint learned real text: it beats counting, writes words, does
+    not loop. `options`: ValidateConfig."""
     cfg = ValidateConfig(checkpoint_dir=str(checkpoint_dir), **options)
     ck = find_checkpoint(cfg.checkpoint_dir)
     model, tok = load(ck, resolve_device(cfg.device))
     data, corpus = validation_inputs(ck, cfg.data_dir, cfg.corpus_dir)
-    check_shards(data, ck / 'tokenizer.model', ExitCode.USAGE)        # complete, and encoded with this model's tokenizer
+    check_shards(data, ck / 'tokenizer.model', ExitCode.USAGE)  # complete, same pieces
     scores = score_split(model, tok, data, cfg.max_tokens)
     prompts = (VALIDATE_PROMPTS * cfg.n_samples)[:cfg.n_samples]
-    samples = [generate(model, tok, p, cfg.sample_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                        seed=cfg.seed + i) for i, p in enumerate(prompts)]   # a seed of its own per prompt
+    samples = [generate(model, tok, p, cfg.sample_tokens, temperature=cfg.temperature,
+                        top_k=cfg.top_k, seed=cfg.seed + i)       # a seed per prompt
+               for i, p in enumerate(prompts)]
     vocab, source = corpus_words(tok, data, corpus)
-    val = load_shard(data, 'val')                                     # real text, for the loop check's reference
-    val_text = tok.decode(np.asarray(val[:cfg.max_tokens + 1] if cfg.max_tokens else val, dtype=np.int64).tolist())
-    checks = {'bits_per_byte': bpb_check(scores, cfg.max_bpb_ratio), **sample_checks(samples, vocab, val_text, cfg)}
-    report = dict(passed=all(c['passed'] for c in checks.values()), failed=[n for n, c in checks.items() if not c['passed']],
-                  checkpoint=str(ck), data_dir=str(data), word_list=source, **scores, checks=checks,
-                  thresholds_changed=changed_thresholds(cfg),
-                  samples=[dict(prompt=p, seed=cfg.seed + i, text=s) for i, (p, s) in enumerate(zip(prompts, samples))])
-    run = Path(cfg.checkpoint_dir) if snapshots(cfg.checkpoint_dir) else ck.parent.parent  # a run, or its checkpoint
-    step = json.loads((ck / 'state.json').read_text())['global_step'] if (ck / 'state.json').exists() else None
-    report['progress'] = progress_samples(run, prompts[:3], cfg, resolve_device(cfg.device)) + (
-        [dict(step=step, samples=report['samples'][:3])] if step else [])   # the end: the validated weights
+    # real text, the loop check's reference
+    val = load_shard(data, 'val')
+    val = val[:cfg.max_tokens + 1] if cfg.max_tokens else val
+    val_text = tok.decode(np.asarray(val, dtype=np.int64).tolist())
+    checks = {'bits_per_byte': bpb_check(scores, cfg.max_bpb_ratio),
+              **sample_checks(samples, vocab, val_text, cfg)}
+    report = dict(passed=all(c['passed'] for c in checks.values()),
+                  failed=[n for n, c in checks.items() if not c['passed']],
+                  checkpoint=str(ck), data_dir=str(data), word_list=source, **scores,
+                  checks=checks, thresholds_changed=changed_thresholds(cfg),
+                  samples=[dict(prompt=p, seed=cfg.seed + i, text=s)
+                           for i, (p, s) in enumerate(zip(prompts, samples))])
+    report['progress'] = _progress(cfg, ck, prompts, report['samples'])
     if cfg.report_path: _write_json(report, cfg.report_path)
     return report
 
 # %% ../nbs/06_generation.ipynb #48bcc60a
 def check_report(report: dict) -> dict:
-    "Raise a one-line validation error (exit code 5) naming the failed checks of a `validate` report."
+    """Raise a one-line validation error (exit code 5) naming the failed checks of a
+    `validate` report."""
     if report['passed']: return report
-    why = '; '.join(f'{n} {c["value"]} (needs {"<=" if n == "bits_per_byte" else ">="} {c["threshold"]})'
+    why = '; '.join(f'{n} {c["value"]} (needs {"<=" if n == "bits_per_byte" else ">="} '
+                    f'{c["threshold"]})'
                     for n, c in report['checks'].items() if not c['passed'])
-    raise MinillmError(f'validation failed: {why}; train longer or with more data, then validate again', ExitCode.VALIDATION)
+    raise MinillmError(f'validation failed: {why}; train longer or with more data, '
+                       'then validate again', ExitCode.VALIDATION)
 
 # %% ../nbs/06_generation.ipynb #51c34dd5
-def evaluate(checkpoint_dir, text_file, stride: int | None = None, device='auto') -> dict:
-    "Perplexity, bits per token, byte and character of a UTF-8 text file under a checkpoint, over the whole file."
-    try: text = Path(text_file).read_text(encoding='utf-8')           # the text first: a typo fails before the model loads
+def evaluate(checkpoint_dir, text_file, stride: int | None = None,
+             device='auto') -> dict:
+    """Perplexity, bits per token, byte and character of a UTF-8 text file under a
+    checkpoint, over the whole file."""
+    # the text first: a typo fails before the model loads
+    try: text = Path(text_file).read_text(encoding='utf-8')
     except (OSError, UnicodeDecodeError) as e:
-        raise MinillmError(f'cannot read {text_file} as UTF-8 text ({e.__class__.__name__}: {e}); pass a UTF-8 text file', ExitCode.USAGE) from None
-    if not text: raise MinillmError(f'{text_file} is empty: nothing to evaluate', ExitCode.USAGE)
+        raise MinillmError(f'cannot read {text_file} as UTF-8 text '
+                           f'({e.__class__.__name__}: {e}); pass a UTF-8 text file',
+                           ExitCode.USAGE) from None
+    if not text: raise MinillmError(f'{text_file} is empty: nothing to evaluate',
+                                    ExitCode.USAGE)
     model, tok = load(checkpoint_dir, resolve_device(device))
-    ids = [tok.eos_id] + tok.encode_array(text).tolist()              # an end-of-text token starts it, as in training
+    # an end-of-text token starts it, as in training
+    ids = [tok.eos_id] + tok.encode_array(text).tolist()
     nats = float(token_nll(model, ids, stride).sum())
-    n, stride = len(ids) - 1, min(stride or model.config.block_size // 2, model.config.block_size)
-    return dict(file=str(text_file), tokens=n, bytes=len(text.encode()), characters=len(text), block_size=model.config.block_size,
-                stride=stride, perplexity=round(math.exp(nats / n), 3), bits_per_token=round(nats / n / math.log(2), 4),
-                bits_per_byte=round(nats / math.log(2) / len(text.encode()), 4), bits_per_char=round(nats / math.log(2) / len(text), 4))
+    n, stride = len(ids) - 1, min(stride or model.config.block_size // 2,
+                                  model.config.block_size)
+    return dict(file=str(text_file), tokens=n, bytes=len(text.encode()),
+                characters=len(text), block_size=model.config.block_size,
+                stride=stride, perplexity=round(math.exp(nats / n), 3),
+                bits_per_token=round(nats / n / math.log(2), 4),
+                bits_per_byte=round(nats / math.log(2) / len(text.encode()), 4),
+                bits_per_char=round(nats / math.log(2) / len(text), 4))
 
 # %% ../nbs/06_generation.ipynb #e71dd574
 @dataclass
 class GenerateConfig(CheckpointOptions):
-    "One `minillm generate` run: the checkpoint, the prompt, and how each next token is picked."
-    prompt: str | None = None          # text to continue (default: start a new document)
+    """One `minillm generate` run: the checkpoint, the prompt, and how each next token
+    is picked."""
+    # text to continue (default: start a new document)
+    prompt: str | None = None
     max_new_tokens: int = 100          # tokens to generate at most
     temperature: float = 0.8           # 0 is greedy; higher is more random
     top_k: int | None = None           # sample among the k most likely tokens only
-    top_p: float = 1.0                 # sample in the smallest set with this much probability; 1.0 turns it off
-    repetition_penalty: float = 1.0    # > 1 makes tokens already seen less likely; 1.0 turns it off
-    stop: list[str] | None = None      # stop at this text (repeatable); the end-of-text token always stops
+    # sample in the smallest set with this much probability; 1.0 turns it off
+    top_p: float = 1.0
+    # > 1 makes tokens already seen less likely; 1.0 turns it off
+    repetition_penalty: float = 1.0
+    # stop at this text (repeatable); the end-of-text token always stops
+    stop: list[str] | None = None
     seed: int | None = None            # seed for reproducible sampling
-    interactive: bool = False          # read prompts from stdin until an empty line or Ctrl+D
-    json: bool = False                 # print text, token ids and tokens per second as JSON
+    # read prompts from stdin until an empty line or Ctrl+D
+    interactive: bool = False
+    # print text, token ids and tokens per second as JSON
+    json: bool = False
 
 @dataclass
 class EvaluateConfig(CheckpointOptions):
     "One `minillm evaluate` run: the checkpoint and the text it scores."
     text_file: str = ''                # a UTF-8 text file
-    stride: int | None = None          # tokens between windows (default: half the context)
+    # tokens between windows (default: half the context)
+    stride: int | None = None
     json: bool = False                 # print the result as JSON
 
 # %% ../nbs/06_generation.ipynb #a9142463
@@ -453,18 +597,24 @@ def _write_one(model, tok, prompt: str, opts: dict, as_json: bool) -> None:
         text.append(piece)
         if not as_json: print(piece, end='', flush=True)
     dt = time.perf_counter() - t0
-    if as_json: print(json.dumps(dict(prompt=prompt, text=''.join(text), token_ids=ids[0], tokens=len(ids[0]),
-                                      seconds=round(dt, 4), tokens_per_s=round(len(ids[0]) / max(dt, 1e-9), 1))))
+    if as_json: print(json.dumps(dict(prompt=prompt, text=''.join(text),
+                                      token_ids=ids[0], tokens=len(ids[0]),
+                                      seconds=round(dt, 4),
+                                      tokens_per_s=round(len(ids[0]) / max(dt, 1e-9),
+                                                         1))))
     else: print(flush=True)
 
 # %% ../nbs/06_generation.ipynb #1c92c81a
 def _run_generate(args) -> int:
     cfg = config_from_args(GenerateConfig, args)
-    check_sampling(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty, cfg.max_new_tokens)
+    check_sampling(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty,
+                   cfg.max_new_tokens)
     model, tok = load(cfg.checkpoint_dir, resolve_device(cfg.device))
-    opts = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+    opts = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                top_k=cfg.top_k, top_p=cfg.top_p,
                 repetition_penalty=cfg.repetition_penalty, stop=cfg.stop, seed=cfg.seed)
-    prompts = [cfg.prompt if cfg.prompt is not None else '']         # no prompt: a new document
+    # no prompt: a new document
+    prompts = [cfg.prompt if cfg.prompt is not None else '']
     while True:
         if cfg.interactive:
             try: line = input('> ' if sys.stdin.isatty() else '')
@@ -477,34 +627,50 @@ def _run_generate(args) -> int:
 # %% ../nbs/06_generation.ipynb #3b28e395
 def _run_validate(args) -> int:
     report = validate(**vars(config_from_args(ValidateConfig, args)))
-    print(f'model {report["val_bpb"]} bits per byte on {report["val_tokens_scored"]:,} validation tokens; counting: '
+    print(f'model {report["val_bpb"]} bits per byte on {report["val_tokens_scored"]:,} '
+          'validation tokens; counting: '
           + ', '.join(f'{k} {v}' for k, v in report['baselines'].items()))
     for name, c in report['checks'].items():
-        print(f'{"pass" if c["passed"] else "FAIL"}  {name:<17} {c["value"]:<8} ({c["rule"]}; threshold {c["threshold"]})')
+        print(f'{"pass" if c["passed"] else "FAIL"}  {name:<17} {c["value"]:<8} '
+              f'({c["rule"]}; threshold {c["threshold"]})')
     check_report(report)
     return 0
 
 def _run_evaluate(args) -> int:
     cfg = config_from_args(EvaluateConfig, args)
     r = evaluate(cfg.checkpoint_dir, cfg.text_file, cfg.stride, cfg.device)
-    print(json.dumps(r) if cfg.json else f'{r["file"]}: {r["tokens"]:,} tokens, perplexity {r["perplexity"]}, '
-          f'{r["bits_per_byte"]} bits/byte, {r["bits_per_char"]} bits/char (windows of {r["block_size"]}, stride {r["stride"]})')
+    print(json.dumps(r) if cfg.json
+          else f'{r["file"]}: {r["tokens"]:,} tokens, perplexity {r["perplexity"]}, '
+          f'{r["bits_per_byte"]} bits/byte, {r["bits_per_char"]} bits/char (windows of '
+          f'{r["block_size"]}, stride {r["stride"]})')
     return 0
 
 # %% ../nbs/06_generation.ipynb #a08450f0
 def add_cli(subparsers) -> None:
-    "Register `minillm generate`, `validate` and `evaluate`: an option per field of their configs."
+    """Register `minillm generate`, `validate` and `evaluate`: an option per field of
+    their configs."""
     ck = dict(checkpoint_dir=dict(required=True))
-    p = add_command(subparsers, 'generate', _run_generate, 'write text with a trained checkpoint (streams to stdout)',
-                    ['minillm generate --checkpoint runs/first --prompt "It was a dark night" --max-new-tokens 60 --temperature 0.8 --top-p 0.9 --seed 1',
+    p = add_command(subparsers, 'generate', _run_generate,
+                    'write text with a trained checkpoint (streams to stdout)',
+                    ['minillm generate --checkpoint runs/first --prompt "It was a dark '
+                     'night" --max-new-tokens 60 --temperature 0.8 --top-p 0.9 '
+                     '--seed 1',
                      'minillm generate --checkpoint runs/first --interactive'])
-    add_options(p, GenerateConfig, flags={'checkpoint_dir': '--checkpoint'}, stop=dict(action='append'), **ck)
-    p = add_command(subparsers, 'validate', _run_validate, 'check that a checkpoint learned real text (exit code 5 if not)',
-                    ['minillm validate --checkpoint runs/first --report runs/first/validation.json'])
-    add_options(p, ValidateConfig, skip=['temperature', 'top_k', 'max_tokens'], **ck,  # fixed: part of the check
-                flags={'checkpoint_dir': '--checkpoint', 'data_dir': '--data', 'corpus_dir': '--corpus',
-                       'report_path': '--report', 'n_samples': '--samples'})
-    p = add_command(subparsers, 'evaluate', _run_evaluate, 'perplexity and bits per byte of a text file, every token scored once',
+    add_options(p, GenerateConfig, flags={'checkpoint_dir': '--checkpoint'},
+                stop=dict(action='append'), **ck)
+    p = add_command(subparsers, 'validate', _run_validate,
+                    'check that a checkpoint learned real text (exit code 5 if not)',
+                    ['minillm validate --checkpoint runs/first '
+                     '--report runs/first/validation.json'])
+    # fixed: part of the check
+    skip = ['temperature', 'top_k', 'max_tokens']
+    add_options(p, ValidateConfig, skip=skip, **ck,
+                flags={'checkpoint_dir': '--checkpoint', 'data_dir': '--data',
+                       'corpus_dir': '--corpus', 'report_path': '--report',
+                       'n_samples': '--samples'})
+    p = add_command(subparsers, 'evaluate', _run_evaluate,
+                    'perplexity and bits per byte of a text file, every token scored '
+                    'once',
                     ['minillm evaluate --checkpoint runs/first --text book.txt'])
-    add_options(p, EvaluateConfig, flags={'checkpoint_dir': '--checkpoint', 'text_file': '--text'},
-                text_file=dict(required=True), **ck)
+    add_options(p, EvaluateConfig, text_file=dict(required=True), **ck,
+                flags={'checkpoint_dir': '--checkpoint', 'text_file': '--text'})

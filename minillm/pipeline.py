@@ -4,13 +4,16 @@
 
 # %% ../nbs/07_pipeline.ipynb #a080baa7
 from __future__ import annotations
-import argparse, contextlib, datetime as dt, hashlib, importlib, importlib.util, json, os, platform, shlex
+import argparse, contextlib, datetime as dt, hashlib, importlib, importlib.util, json
+import os, platform, shlex
 import signal, subprocess, sys, tempfile, textwrap, threading, time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .core import (ExitCode, MinillmError, add_command, add_options, config_from_args, atomic_write, ensure_free_disk,
-                          ensure_writable_dir, package_dir, package_version, run_lock, sha256_file)
+from .core import (ExitCode, MinillmError, add_command, add_options,
+                          config_from_args, atomic_write, ensure_free_disk,
+                          ensure_writable_dir, package_dir, package_version, run_lock,
+                          sha256_file)
 from .checkpoint import check_start_flags, has_checkpoints
 from .corpus import check_mirror, parse_books, text_files
 from .generation import THRESHOLDS, resolve_device
@@ -19,7 +22,7 @@ from .tokenizer import DEFAULT_VOCAB_SIZE, check_vocab_size
 from .training import TrainConfig, check_config
 
 # %% auto #0
-__all__ = ['PIPELINE_SETS', 'PHASES', 'REQUIRED_PACKAGES', 'KERNEL_NAME', 'PipelineConfig', 'Phase', 'training_budget',
+__all__ = ['PHASES', 'PIPELINE_SETS', 'REQUIRED_PACKAGES', 'KERNEL_NAME', 'PipelineConfig', 'Phase', 'training_budget',
            'training_options', 'phase_parameters', 'find_notebooks', 'check_packages', 'install_kernel', 'check_kernel',
            'check_validation_params', 'check_options', 'check_prerequisites', 'make_notebook', 'run_notebook',
            'resolve_resume', 'phase_fingerprint', 'corpus_intact', 'outputs_present', 'versions', 'git_commit',
@@ -29,28 +32,40 @@ __all__ = ['PIPELINE_SETS', 'PHASES', 'REQUIRED_PACKAGES', 'KERNEL_NAME', 'Pipel
 # %% ../nbs/07_pipeline.ipynb #3699c4ff
 @dataclass
 class PipelineConfig(TrainConfig):
-    "Everything one `minillm pipeline` run needs: every training option of chapter 5, and the pipeline's own."
-    epochs: int = 3                 # passes over the training tokens: the same model on every machine, about 6 minutes on 2 cores for the bundled corpus
-    max_time: str = '30m'           # at most this much training, e.g. 4m or 1h30m (a bigger corpus): the schedule is planned to end annealed in it; 'none' for no limit
-    resume: bool = False            # continue training from existing checkpoints without asking
-    force_restart: bool = False     # start training over, replacing existing checkpoints, without asking
-    run_dir: str = 'runs/default'   # where every artifact, executed notebook and the report go
+    """Everything one `minillm pipeline` run needs: every training option of chapter 5,
+    and the pipeline's own."""
+    # passes over the training tokens: the same model on every machine, about 6 minutes
+    # on 2 cores for the bundled corpus
+    epochs: int = 3
+    # at most this much training, e.g. 4m or 1h30m (a bigger corpus): the schedule is
+    # planned to end annealed in it; 'none' for no limit
+    max_time: str = '30m'
+    # continue training from existing checkpoints without asking
+    resume: bool = False
+    # start training over, replacing existing checkpoints, without asking
+    force_restart: bool = False
+    # where every artifact, executed notebook and the report go
+    run_dir: str = 'runs/default'
     vocab_size: int = DEFAULT_VOCAB_SIZE  # tokens the tokenizer learns
-    books: str = ''                 # comma-separated Project Gutenberg numbers; '' is the bundled corpus (offline)
-    files: list[str] | None = None  # your own plain-text books: .txt files or folders of them (read here, never sent anywhere)
-    mirror: str = ''                # Project Gutenberg mirror or local server for --books
+    # comma-separated Project Gutenberg numbers; '' is the bundled corpus (offline)
+    books: str = ''
+    # your own plain-text books: .txt files or folders of them (read here, never sent
+    # anywhere)
+    files: list[str] | None = None
+    # Project Gutenberg mirror or local server for --books
+    mirror: str = ''
     skip_corpus: bool = False       # reuse RUN/corpus from an earlier run
     min_free_disk: float = 2.0      # GB that must be free in the run directory
-    notebooks: str = ''             # folder with the chapter notebooks; '' finds the installed ones
-    validation: dict = field(default_factory=dict)  # extra parameters for 06_generation.ipynb (thresholds)
-
-PIPELINE_SETS = ('data_dir', 'out_dir', 'progress')  # training options the pipeline fills in itself
-
+    # folder with the chapter notebooks; '' finds the installed ones
+    notebooks: str = ''
+    # extra parameters for 06_generation.ipynb (thresholds)
+    validation: dict = field(default_factory=dict)
 
 # %% ../nbs/07_pipeline.ipynb #c36bc7dd
 @dataclass(frozen=True)
 class Phase:
-    "One stage of the pipeline: the chapter notebook it executes and the exit code of its failure."
+    """One stage of the pipeline: the chapter notebook it executes and the exit code of
+    its failure."""
     name: str        # short name printed in the phase header
     notebook: str    # file name of the chapter notebook
     exit_code: int   # what `minillm pipeline` returns when this phase fails
@@ -62,67 +77,88 @@ PHASES = [Phase('corpus', '01_corpus.ipynb', ExitCode.CORPUS),
           Phase('validation', '06_generation.ipynb', ExitCode.VALIDATION)]
 
 # %% ../nbs/07_pipeline.ipynb #bf478694
+PIPELINE_SETS = ('data_dir', 'out_dir', 'progress')  # what the pipeline fills in
+
 def training_budget(max_time: str) -> str:
-    "Training's `max_time` parameter: `none`, `0` or empty mean no limit (train every epoch)."
+    "Training's `max_time`: `none`, `0` or empty mean no limit (train every epoch)."
     return '' if str(max_time).strip().lower() in ('', 'none', '0') else str(max_time)
 
 def training_options(cfg: PipelineConfig) -> dict:
-    "Every training option of `cfg` but those the pipeline fills in: chapter 5's `options` parameter."
-    opts = {f.name: getattr(cfg, f.name) for f in fields(TrainConfig) if f.name not in PIPELINE_SETS}
+    "`cfg`'s training options but those the pipeline fills in: chapter 5's `options`."
+    opts = {f.name: getattr(cfg, f.name) for f in fields(TrainConfig)
+            if f.name not in PIPELINE_SETS}
     return dict(opts, max_time=training_budget(cfg.max_time), progress=False)
 
 def phase_parameters(name: str, cfg: PipelineConfig) -> dict:
     "The papermill parameters of phase `name` for the run `cfg`."
     run = Path(cfg.run_dir).resolve()
-    files = [str(Path(f).resolve()) for f in cfg.files] if cfg.files else None  # the kernels run elsewhere
-    return {'corpus': lambda: dict(out_dir=str(run/'corpus'), books=cfg.books, mirror=cfg.mirror, files=files,
-                                   show_demos=False),
-            'tokenizer': lambda: dict(corpus_dir=str(run/'corpus'), out_dir=str(run/'data'),
-                                      vocab_size=cfg.vocab_size, show_stats=False, show_demos=False),
+    # absolute paths: the kernels run elsewhere
+    files = [str(Path(f).resolve()) for f in cfg.files] if cfg.files else None
+    c, d = str(run/'corpus'), str(run/'data')
+    return {'corpus': lambda: dict(out_dir=c, books=cfg.books, mirror=cfg.mirror,
+                                   files=files, show_demos=False),
+            'tokenizer': lambda: dict(corpus_dir=c, out_dir=d,
+                                      vocab_size=cfg.vocab_size, show_stats=False,
+                                      show_demos=False),
             'model': lambda: dict(show_benchmarks=False),
-            'training': lambda: dict(data_dir=str(run/'data'), out_dir=str(run/'train'),
+            'training': lambda: dict(data_dir=d, out_dir=str(run/'train'),
                                      options=training_options(cfg)),
-            'validation': lambda: dict(checkpoint_dir=str(run/'train'), data_dir=str(run/'data'),
-                                       corpus_dir=str(run/'corpus'), report_path=str(run/'validation.json'),
+            'validation': lambda: dict(checkpoint_dir=str(run/'train'), data_dir=d,
+                                       corpus_dir=c,
+                                       report_path=str(run/'validation.json'),
                                        **cfg.validation)}[name]()
 
 # %% ../nbs/07_pipeline.ipynb #426f28aa
 def find_notebooks(override: str = '') -> Path:
-    "The folder holding the chapter notebooks: `override`, the packaged copy, or the repository's `nbs/`."
+    """The folder holding the chapter notebooks: `override`, the packaged copy, or the
+    repository's `nbs/`."""
     pkg = package_dir()
     candidates = [Path(override)] if override else [pkg/'nbs', pkg.parent/'nbs']
     for d in candidates:
         if all((d/p.notebook).is_file() for p in PHASES): return d
     missing = [p.notebook for p in PHASES if not (candidates[-1]/p.notebook).is_file()]
-    raise MinillmError(f'chapter notebooks not found in {" or ".join(map(str, candidates))} (missing '
-                       f'{", ".join(missing)}); reinstall minillm or pass --notebooks DIR', ExitCode.USAGE)
+    raise MinillmError('chapter notebooks not found in '
+                       f'{" or ".join(map(str, candidates))} (missing '
+                       f'{", ".join(missing)}); reinstall minillm or pass --notebooks '
+                       'DIR', ExitCode.USAGE)
 
 # %% ../nbs/07_pipeline.ipynb #1276924d
-REQUIRED_PACKAGES = ['torch', 'numpy', 'sentencepiece', 'safetensors', 'tqdm', 'matplotlib', 'fastcore',
+REQUIRED_PACKAGES = ['torch', 'numpy', 'sentencepiece', 'safetensors', 'tqdm',
+                     'matplotlib', 'fastcore',
                      'papermill', 'nbformat', 'ipykernel']
 
 def check_packages(names=None) -> None:
-    "Raise a usage error naming every package in `names` (default `REQUIRED_PACKAGES`) that cannot be imported."
-    missing = [n for n in names or REQUIRED_PACKAGES if importlib.util.find_spec(n) is None]
+    """Raise a usage error naming every package in `names` (default `REQUIRED_PACKAGES`)
+    that cannot be imported."""
+    missing = [n for n in names or REQUIRED_PACKAGES
+               if importlib.util.find_spec(n) is None]
     if missing:
-        raise MinillmError(f'missing Python packages: {", ".join(missing)}; install them with '
-                           f'`{Path(sys.executable).name} -m pip install {" ".join(missing)}`', ExitCode.USAGE)
+        raise MinillmError(f'missing Python packages: {", ".join(missing)}; install '
+                           'them with '
+                           f'`{Path(sys.executable).name} -m pip install '
+                           f'{" ".join(missing)}`', ExitCode.USAGE)
 
 # %% ../nbs/07_pipeline.ipynb #76ce5932
 KERNEL_NAME = 'python3'
 
 def install_kernel(root=None) -> Path:
-    "Write a `python3` kernel spec that runs `sys.executable` into `root` and put `root` first on `JUPYTER_PATH`."
+    """Write a `python3` kernel spec that runs `sys.executable` into `root` and put
+    `root` first on `JUPYTER_PATH`."""
     from ipykernel.kernelspec import write_kernel_spec
     root = Path(root or tempfile.mkdtemp(prefix='minillm-kernel-'))
     spec = root/'kernels'/KERNEL_NAME
     if not (spec/'kernel.json').exists():
         spec.parent.mkdir(parents=True, exist_ok=True)
-        # argv: [sys.executable, -m, ipykernel_launcher, -f, {connection_file}, ...]; log_level=ERROR drops
-        # ipykernel's start-up warning about unencrypted local TCP, which would print once per notebook
+        # argv: [sys.executable, -m, ipykernel_launcher, -f, {connection_file}, ...];
+        # log_level=ERROR drops
+        # ipykernel's start-up warning about unencrypted local TCP, which would print
+        # once per notebook
         write_kernel_spec(str(spec), extra_arguments=['--IPKernelApp.log_level=ERROR'])
     paths = os.environ.get('JUPYTER_PATH', '').split(os.pathsep)
-    if str(root) not in paths: os.environ['JUPYTER_PATH'] = os.pathsep.join([str(root)] + [p for p in paths if p])
+    if str(root) not in paths:
+        os.environ['JUPYTER_PATH'] = os.pathsep.join(
+            [str(root)] + [p for p in paths if p]
+        )
     return spec
 
 # %% ../nbs/07_pipeline.ipynb #87ac38a9
@@ -131,115 +167,156 @@ def check_kernel() -> str:
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
     try:
         install_kernel()
-        KernelSpecManager().get_kernel_spec(KERNEL_NAME)  # raises NoSuchKernel if it cannot be found
+        # raises NoSuchKernel if it cannot be found
+        KernelSpecManager().get_kernel_spec(KERNEL_NAME)
     except (OSError, ImportError, NoSuchKernel) as e:
-        raise MinillmError(f'no Jupyter kernel for the notebooks ({e}); install one with '
-                           f'`{sys.executable} -m ipykernel install --user`', ExitCode.USAGE) from None
+        raise MinillmError(f'no Jupyter kernel for the notebooks ({e}); install one '
+                           'with '
+                           f'`{sys.executable} -m ipykernel install --user`',
+                           ExitCode.USAGE) from None
     return KERNEL_NAME
 
 # %% ../nbs/07_pipeline.ipynb #435758f2
 def check_validation_params(params: dict) -> None:
-    "Refuse a `--validation-param` that is not a threshold of chapter 6, or whose value is not a number >= 0."
+    """Refuse a `--validation-param` that is not a threshold of chapter 6, or whose
+    value is not a number >= 0."""
     for k, v in params.items():
         if k not in THRESHOLDS:
-            raise MinillmError(f'--validation-param {k}: not a validation threshold; the pipeline sets where the '
-                               f'checkpoint and data are, and takes only {", ".join(THRESHOLDS)}', ExitCode.USAGE)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float('inf'):
-            raise MinillmError(f'--validation-param {k}={v!r}: a threshold is a number, 0 or more', ExitCode.USAGE)
+            raise MinillmError(f'--validation-param {k}: not a validation threshold; '
+                               'the pipeline sets where the checkpoint and data are, '
+                               f'and takes only {", ".join(THRESHOLDS)}',
+                               ExitCode.USAGE)
+        if (isinstance(v, bool) or not isinstance(v, (int, float))
+                or not 0 <= v < float('inf')):
+            raise MinillmError(f'--validation-param {k}={v!r}: a threshold is a '
+                               'number, 0 or more', ExitCode.USAGE)
 
 def check_options(cfg: PipelineConfig) -> None:
-    "Refuse, before any phase runs, every option that a phase would fail on later (one line, exit code 1)."
+    """Refuse, before any phase runs, every option that a phase would fail on later (one
+    line, exit code 1)."""
     if cfg.books: parse_books(cfg.books)
     if cfg.mirror: check_mirror(cfg.mirror)
     if cfg.files: text_files(cfg.files)
     check_vocab_size(cfg.vocab_size, ExitCode.USAGE)
     if not 0 <= cfg.min_free_disk < float('inf'):
-        raise MinillmError(f'--min-free-disk must be a number of GB, 0 or more, not {cfg.min_free_disk}', ExitCode.USAGE)
-    check_config(TrainConfig(**training_options(cfg)))  # model preset, numbers, time budget
+        raise MinillmError('--min-free-disk must be a number of GB, 0 or more, not '
+                           f'{cfg.min_free_disk}', ExitCode.USAGE)
+    # model preset, numbers, time budget
+    check_config(TrainConfig(**training_options(cfg)))
     resolve_device(cfg.device)
     check_validation_params(cfg.validation)
 
 # %% ../nbs/07_pipeline.ipynb #73d1a9f2
 def check_prerequisites(cfg: PipelineConfig) -> Path:
-    "Check every option and everything the run needs before it starts; return the folder of the chapter notebooks."
+    """Check every option and everything the run needs before it starts; return the
+    folder of the chapter notebooks."""
     check_options(cfg)
     if sys.version_info < (3, 10):
-        raise MinillmError(f'Python {platform.python_version()} is too old: minillm needs 3.10 or newer; '
-                           f'install a newer Python and reinstall minillm', ExitCode.USAGE)
+        raise MinillmError(f'Python {platform.python_version()} is too old: minillm '
+                           'needs 3.10 or newer; '
+                           f'install a newer Python and reinstall minillm',
+                           ExitCode.USAGE)
     check_packages()
     run = ensure_writable_dir(cfg.run_dir, 'run directory', ExitCode.USAGE)
-    ensure_free_disk(run, int(cfg.min_free_disk * 1e9), 'the pipeline (change the need with --min-free-disk)')
+    ensure_free_disk(run, int(cfg.min_free_disk * 1e9),
+                     'the pipeline (change the need with --min-free-disk)')
     check_kernel()
     return find_notebooks(cfg.notebooks)
 
 # %% ../nbs/07_pipeline.ipynb #63026920
 def make_notebook(path, parameters: str, body: str) -> Path:
-    "Write a two-cell notebook: a cell tagged `parameters` and a body cell (for demos and tests)."
+    """Write a two-cell notebook: a cell tagged `parameters` and a body cell (for demos
+    and tests)."""
     import nbformat
-    nb = nbformat.v4.new_notebook(metadata={'kernelspec': {'name': 'python3', 'display_name': 'Python 3',
+    nb = nbformat.v4.new_notebook(metadata={'kernelspec': {'name': 'python3',
+                                                           'display_name': 'Python 3',
                                                            'language': 'python'}})
-    nb.cells = [nbformat.v4.new_code_cell(parameters, metadata={'tags': ['parameters']}),
+    nb.cells = [nbformat.v4.new_code_cell(parameters,
+                                          metadata={'tags': ['parameters']}),
                 nbformat.v4.new_code_cell(body)]
     nbformat.write(nb, str(path))
     return Path(path)
 
 # %% ../nbs/07_pipeline.ipynb #8739efe9
-def run_notebook(src, dest, parameters: dict, exit_code: int, cwd=None, quiet: bool = False) -> Path:
-    "Execute notebook `src` into `dest` with `parameters`; turn a failure into `MinillmError(exit_code)`."
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
-    out = None if quiet else sys.stdout
+def run_notebook(src, dest, parameters: dict, exit_code: int, cwd=None,
+                 quiet: bool = False) -> Path:
+    "Execute notebook `src` into `dest`; a failure becomes `MinillmError(exit_code)`."
+    import papermill as pm; from papermill.exceptions import PapermillExecutionError
     try:
-        pm.execute_notebook(str(src), str(dest), parameters=parameters, kernel_name=KERNEL_NAME, language='python',
-                            progress_bar=False, log_output=False, stdout_file=out,
-                            stderr_file=None if quiet else sys.stderr, cwd=str(cwd or Path(dest).parent))
+        pm.execute_notebook(str(src), str(dest), parameters=parameters,
+                            kernel_name=KERNEL_NAME, language='python',
+                            progress_bar=False, log_output=False,
+                            stdout_file=None if quiet else sys.stdout,
+                            stderr_file=None if quiet else sys.stderr,
+                            cwd=str(cwd or Path(dest).parent))
     except PapermillExecutionError as e:
         if e.ename == 'KeyboardInterrupt':
-            raise MinillmError(f'interrupted in {dest}; rerun with --resume to continue', ExitCode.INTERRUPTED) from None
-        if e.ename == 'ModuleNotFoundError':  # a missing package is a prerequisite, not a failed stage
+            raise MinillmError(f'interrupted in {dest}; rerun with --resume to '
+                               'continue', ExitCode.INTERRUPTED) from None
+        if e.ename == 'ModuleNotFoundError':      # a prerequisite, not a failed stage
             name = e.evalue.split("'")[1] if e.evalue.count("'") >= 2 else e.evalue
-            raise MinillmError(f'{Path(src).name} needs the Python package {name!r}, which is not installed; '
-                               f'install it with `{Path(sys.executable).name} -m pip install {name}`, then rerun '
-                               f'(executed notebook: {dest})', ExitCode.USAGE) from None
+            raise MinillmError(f'{Path(src).name} needs the Python package {name!r}, '
+                               'which is not installed; install it with '
+                               f'`{Path(sys.executable).name} -m pip install {name}`, '
+                               f'then rerun (executed notebook: {dest})',
+                               ExitCode.USAGE) from None
         why = e.evalue if e.ename == 'MinillmError' else f'{e.ename}: {e.evalue}'
-        raise MinillmError(f'{why.splitlines()[0] if why else e.ename} (executed notebook: {dest})', exit_code) from None
+        raise MinillmError(f'{why.splitlines()[0] if why else e.ename} (executed '
+                           f'notebook: {dest})', exit_code) from None
     except (RuntimeError, OSError) as e:  # the kernel died or could not start
-        raise MinillmError(f'the kernel running {Path(src).name} failed ({type(e).__name__}: {e}); '
-                           f'see {dest}', exit_code) from None
+        raise MinillmError(f'the kernel running {Path(src).name} failed '
+                           f'({type(e).__name__}: {e}); see {dest}',
+                           exit_code) from None
     return Path(dest)
 
 # %% ../nbs/07_pipeline.ipynb #e6183d84
 def _interactive() -> bool: return sys.stdin.isatty() and sys.stdout.isatty()
 
 def resolve_resume(cfg: PipelineConfig, ask=None, isatty=None) -> PipelineConfig:
-    "Decide `resume`/`force_restart` for a run directory that may hold checkpoints, asking on a terminal."
+    """Decide `resume`/`force_restart` for a run directory that may hold checkpoints,
+    asking on a terminal."""
     check_start_flags(cfg.resume, cfg.force_restart)
-    if cfg.resume or cfg.force_restart or not has_checkpoints(Path(cfg.run_dir)/'train'): return cfg
+    if (
+        cfg.resume
+        or cfg.force_restart
+        or not has_checkpoints(Path(cfg.run_dir) / 'train')
+    ):
+        return cfg
     ck = Path(cfg.run_dir)/'train'/'checkpoints'
     if not (isatty or _interactive)():
-        raise MinillmError(f'found existing checkpoints in {ck} and no terminal to ask; pass --resume to '
-                           f'continue training or --force-restart to start over', ExitCode.USAGE)
-    try: answer = (ask or input)('Found existing checkpoints. Resume training? [y/N] ')
+        raise MinillmError(f'found existing checkpoints in {ck} and no terminal to '
+                           'ask; pass --resume to '
+                           f'continue training or --force-restart to start over',
+                           ExitCode.USAGE)
+    try:answer = (ask or input)('Found existing checkpoints. Resume training? [y/N] ')
     except EOFError: answer = ''
     if answer.strip().lower() not in ('y', 'yes'):
-        raise MinillmError(f'not resuming: the checkpoints in {ck} are untouched; pass --force-restart to start '
+        raise MinillmError(f'not resuming: the checkpoints in {ck} are untouched; pass '
+                           '--force-restart to start '
                            f'over or --resume to continue', ExitCode.USAGE)
     cfg.resume = True
     return cfg
 
 # %% ../nbs/07_pipeline.ipynb #db6dc7cb
-def _sha(obj) -> str: return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
 
 def phase_fingerprint(name: str, cfg: PipelineConfig) -> str | None:
     "A hash of what phase `name` reads; None for phases that always run."
     run = Path(cfg.run_dir)
-    # paths are left out, so a run directory that is moved or copied keeps its fingerprints
-    params = {k: v for k, v in phase_parameters(name, cfg).items() if not k.endswith(('_dir', '_path'))}
-    if name == 'corpus':  # your own books: a changed file (size or time) builds the corpus again
-        return _sha([params] + [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in text_files(cfg.files or ())])
+    # paths are left out, so a run directory that is moved or copied keeps its
+    # fingerprints
+    params = {k: v for k, v in phase_parameters(name, cfg).items()
+              if not k.endswith(('_dir', '_path'))}
+    # your own books: a changed file (size or time) builds the corpus again
+    if name == 'corpus':
+        return _sha([params] + [[str(p), p.stat().st_size, p.stat().st_mtime_ns]
+                                for p in text_files(cfg.files or ())])
     if name == 'tokenizer':
         m = run/'corpus'/'manifest.json'
-        return _sha([params, json.loads(m.read_text())['sha256']]) if m.exists() else None
+        return _sha([params,
+                     json.loads(m.read_text())['sha256']]) if m.exists() else None
     return None
 
 # %% ../nbs/07_pipeline.ipynb #fbe06693
@@ -253,13 +330,16 @@ def outputs_present(name: str, run) -> bool:
     "True if the artifacts of phase `name` are in run directory `run`."
     run = Path(run)
     if name == 'corpus': return corpus_intact(run/'corpus')
-    if name == 'tokenizer': return all((run/'data'/f).exists() for f in ('meta.json', 'train.bin', 'val.bin'))
+    if name == 'tokenizer': return all((run/'data'/f).exists() for f in ('meta.json',
+                                                                         'train.bin',
+                                                                         'val.bin'))
     return False
 
 # %% ../nbs/07_pipeline.ipynb #fe0e1b8b
 def versions() -> dict:
     "Versions of Python, minillm and the libraries the run depends on."
-    out = {'python': platform.python_version(), 'platform': platform.platform(), 'minillm': package_version()}
+    out = {'python': platform.python_version(), 'platform': platform.platform(),
+           'minillm': package_version()}
     for name in ('torch', 'numpy', 'sentencepiece', 'papermill'):
         try: out[name] = importlib.import_module(name).__version__
         except Exception: out[name] = None
@@ -268,7 +348,8 @@ def versions() -> dict:
 def git_commit() -> str | None:
     "The git commit of the minillm source when it runs from a clone, else None."
     try:
-        r = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=package_dir(), capture_output=True,
+        r = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=package_dir(),
+                           capture_output=True,
                            text=True, timeout=10)
         return r.stdout.strip() or None if r.returncode == 0 else None
     except (OSError, subprocess.SubprocessError): return None
@@ -285,42 +366,57 @@ def samples_of(validation: dict) -> list[str]:
         if isinstance(s, str): out.append(s)
         elif isinstance(s, dict):
             text = s.get('text') or s.get('completion') or s.get('output') or ''
-            out.append(text if text.startswith(s.get('prompt') or '') else (s.get('prompt') or '') + text)
+            out.append(text if text.startswith(s.get('prompt') or '')
+                       else (s.get('prompt') or '') + text)
     return out
 
 # %% ../nbs/07_pipeline.ipynb #65e65139
 def _wrapped(text: str, width: int = 88) -> str:
-    "Text with each line wrapped at `width` columns (samples are one long line more often than not)."
-    return '\n'.join(textwrap.fill(l, width) if l.strip() else '' for l in text.strip().splitlines())
+    """Text with each line wrapped at `width` columns (samples are one long line more
+    often than not)."""
+    return '\n'.join(textwrap.fill(l, width) if l.strip() else ''
+                     for l in text.strip().splitlines())
 
 def progress_table(validation: dict) -> str:
-    "Samples from training's start, middle and end side by side: a row per prompt, a column per snapshot."
+    """Samples from training's start, middle and end side by side: a row per prompt, a
+    column per snapshot."""
     rows = validation.get('progress') or []
     if not rows: return ''
-    names = ['start'] + ['middle'] * (len(rows) - 2) + ['end'] if len(rows) > 1 else ['end']
+    names = (
+        ['start'] + ['middle'] * (len(rows) - 2) + ['end'] if len(rows) > 1 else ['end']
+    )
     cell = lambda t: ' '.join(t.split()).replace('|', '\\|') or ' '
-    lines = ['| prompt | ' + ' | '.join(f'{n} (step {r["step"]:,})' for n, r in zip(names, rows)) + ' |',
+    lines = ['| prompt | ' + ' | '.join(f'{n} (step {r["step"]:,})' for n,
+                                        r in zip(names, rows)) + ' |',
              '|---' * (len(rows) + 1) + '|']
     for i, s in enumerate(rows[0]['samples']):
-        lines.append(f'| {cell(s["prompt"] or "(a new document)")} (seed {s["seed"]}) | '
-                     + ' | '.join(cell(s['prompt'] + r['samples'][i]['text']) for r in rows) + ' |')
+        lines.append(f'| {cell(s["prompt"] or "(a new document)")} (seed {s["seed"]}) '
+                     '| '
+                     + ' | '.join(cell(s['prompt'] + r['samples'][i]['text'])
+                                  for r in rows) + ' |')
     return '\n'.join(lines) + '\n'
-
 
 # %% ../nbs/07_pipeline.ipynb #3a81b58c
 def checks_table(validation: dict) -> str:
-    "Every check of a validation report (figure, threshold, rule), the baselines, and changed thresholds."
+    """Every check of a validation report (figure, threshold, rule), the baselines, and
+    changed thresholds."""
     checks = validation.get('checks') or {}
     if not checks: return ''
     rows = ['| check | value | threshold | passed | rule |', '|---|---:|---:|---|---|']
-    rows += [f'| {n} | {c["value"]} | {c["threshold"]} | {"yes" if c["passed"] else "**no**"} | {c["rule"]} |'
+    rows += [f'| {n} | {c["value"]} | {c["threshold"]} | '
+             f'{"yes" if c["passed"] else "**no**"} | {c["rule"]} |'
              for n, c in checks.items()]
     base = ', '.join(f'{k} {v}' for k, v in (validation.get('baselines') or {}).items())
-    changed = ', '.join(f'{k} {v} (default {d})' for k, (v, d) in (validation.get('thresholds_changed') or {}).items())
-    return '\n'.join(rows + ['', f'Counting baselines, bits per byte of the same tokens: {base}.', '',
-                              f'Thresholds changed from their defaults: {changed}.' if changed
+    changed = ', '.join(
+        f'{k} {v} (default {d})'
+        for k, (v, d) in (validation.get('thresholds_changed') or {}).items()
+    )
+    return '\n'.join(rows + ['',
+                             'Counting baselines, bits per byte of the same tokens: '
+                             f'{base}.', '',
+                              f'Thresholds changed from their defaults: {changed}.'
+                             if changed
                               else 'Every threshold is at its default.']) + '\n'
-
 
 # %% ../nbs/07_pipeline.ipynb #c8e65072
 def _table(d: dict) -> str:
@@ -329,54 +425,79 @@ def _table(d: dict) -> str:
     return '\n'.join(['| | |', '|---|---|'] + rows) + '\n'
 
 def _verdict(summary: dict) -> str:
-    if not summary.get('failure'): return '**Validation passed**: the model writes text that counting cannot.\n'
-    return (f'**Validation failed**: {summary["failure"]}\n\nThe trained checkpoints are in `train/`; the '
-            f'numbers below show how far the model got, and `validation.json` has every check.\n')
+    if not summary.get('failure'):
+        return '**Validation passed**: the model writes text that counting cannot.\n'
+    return (f'**Validation failed**: {summary["failure"]}\n\nThe trained checkpoints '
+            'are in `train/`; the numbers below show how far the model got, and '
+            '`validation.json` has every check.\n')
 
+# %% ../nbs/07_pipeline.ipynb #b3rep001
 def report_markdown(summary: dict, run: Path) -> str:
-    "The report for people: the verdict, configuration, timings, metrics, loss curve and samples."
-    parts = [f'# minillm run {run.name}\n', f'Finished {summary["finished"]}, git commit '
-             f'{summary["git_commit"] or "unknown"}, Python {summary["versions"]["python"]}, '
-             f'PyTorch {summary["versions"]["torch"]}.\n', _verdict(summary), '## Configuration\n', _table(summary['config']),
-             '## Phases\n', _table({k: f'{v:.1f} s' for k, v in summary['phase_seconds'].items()}),
+    """The report for people: the verdict, configuration, timings, metrics, loss curve
+    and samples."""
+    v, secs = summary['versions'], summary['phase_seconds']
+    parts = [f'# minillm run {run.name}\n',
+             f'Finished {summary["finished"]}, git commit '
+             f'{summary["git_commit"] or "unknown"}, Python {v["python"]}, '
+             f'PyTorch {v["torch"]}.\n', _verdict(summary),
+             '## Configuration\n', _table(summary['config']),
+             '## Phases\n', _table({k: f'{s:.1f} s' for k, s in secs.items()}),
              '## Training\n', _table(summary['training'])]
-    if (run/'train'/'loss.png').exists(): parts.append('![loss curve](train/loss.png)\n')
-    parts += ['## Validation\n', checks_table(summary['validation']), _table(summary['validation'])]
-    parts += ['## Samples\n'] + [f'```text\n{_wrapped(s)}\n```\n' for s in samples_of(summary['validation'])]
+    if (run/'train'/'loss.png').exists():
+        parts.append('![loss curve](train/loss.png)\n')
+    parts += ['## Validation\n', checks_table(summary['validation']),
+              _table(summary['validation']), '## Samples\n']
+    parts += [f'```text\n{_wrapped(s)}\n```\n'
+              for s in samples_of(summary['validation'])]
     if table := progress_table(summary['validation']):
-        parts += ['## From the first step to the last\n', 'The same prompts and seeds, written by the weights saved at '
-                  "the start, the middle and the end of training:\n", table]
-    parts.append('The executed notebooks are in `notebooks/`: open one to see exactly what ran.\n')
+        parts += ['## From the first step to the last\n',
+                  'The same prompts and seeds, written by the weights saved at '
+                  'the start, the middle and the end of training:\n', table]
+    parts.append('The executed notebooks are in `notebooks/`: open one to see exactly '
+                 'what ran.\n')
     return '\n'.join(parts)
 
 # %% ../nbs/07_pipeline.ipynb #29a0e984
-def write_report(cfg: PipelineConfig, durations: dict, skipped: list, failure: str | None = None) -> Path:
-    "Write `RUN/summary.json` and `RUN/report.md` (`failure`: why validation failed); return the report's path."
+def write_report(cfg: PipelineConfig, durations: dict, skipped: list,
+                 failure: str | None = None) -> Path:
+    """Write `RUN/summary.json` and `RUN/report.md` (`failure`: why validation failed);
+    return the report's path."""
     run = Path(cfg.run_dir)
-    train, val = _read_json(run/'train'/'summary.json'), _read_json(run/'validation.json')
+    train, val = _read_json(run / 'train' / 'summary.json'), _read_json(
+        run / 'validation.json'
+    )
     summary = dict(status='validation failed' if failure else 'passed', failure=failure,
                    config=asdict(cfg), versions=versions(), git_commit=git_commit(),
-                   finished=dt.datetime.now().isoformat(timespec='seconds'), phase_seconds=durations,
+                   finished=dt.datetime.now().isoformat(timespec='seconds'),
+                   phase_seconds=durations,
                    skipped_phases=skipped, training=train, validation=val)
-    with atomic_write(run/'summary.json') as f: json.dump(summary, f, indent=2, default=str)
+    with atomic_write(run/'summary.json') as f: json.dump(summary, f, indent=2,
+                                                          default=str)
     with atomic_write(run/'report.md') as f: f.write(report_markdown(summary, run))
     return run/'report.md'
 
 # %% ../nbs/07_pipeline.ipynb #d075a505
 def check_outputs(phase: Phase, cfg: PipelineConfig, dest: Path) -> None:
-    "Fail if a phase's notebook ran without error but did not leave what the next phase needs."
+    """Fail if a phase's notebook ran without error but did not leave what the next
+    phase needs."""
     run = Path(cfg.run_dir)
     if phase.name == 'training' and not has_checkpoints(run/'train'):
-        raise MinillmError(f'training finished without a checkpoint in {run/"train"/"checkpoints"}; '
+        raise MinillmError('training finished without a checkpoint in '
+                           f'{run/"train"/"checkpoints"}; '
                            f'see {dest}', phase.exit_code)
     if phase.name == 'validation':
         report = _read_json(run/'validation.json')
         if not report:
-            raise MinillmError(f'validation wrote no report to {run/"validation.json"}; see {dest}', phase.exit_code)
+            raise MinillmError('validation wrote no report to '
+                               f'{run/"validation.json"}; see {dest}', phase.exit_code)
         if report.get('passed') is not True:
-            raise MinillmError(f'validation failed: {", ".join(report.get("failed") or ["see the report"])} '
-                               f'(report: {run/"validation.json"}); train longer, then rerun with --resume',
-                               phase.exit_code)
+            raise MinillmError(
+                'validation failed: '
+                f'{", ".join(report.get("failed") or ["see the report"])} '
+                f'(report: {run/"validation.json"}); train longer, then '
+                'rerun with --resume',
+                phase.exit_code,
+            )
 
 # %% ../nbs/07_pipeline.ipynb #95e1e5ac
 def _header(i: int, phase: Phase, dest: Path) -> None:
@@ -388,7 +509,8 @@ def _skip(name: str, cfg: PipelineConfig, state: dict) -> str | None:
     run = Path(cfg.run_dir)
     if name == 'corpus' and cfg.skip_corpus:
         if not corpus_intact(run/'corpus'):
-            raise MinillmError(f'--skip-corpus: no intact corpus in {run/"corpus"} to reuse; run without '
+            raise MinillmError(f'--skip-corpus: no intact corpus in {run/"corpus"} to '
+                               'reuse; run without '
                                f'--skip-corpus to build it', ExitCode.USAGE)
         return f'--skip-corpus: reusing {run/"corpus"}'
     fp = phase_fingerprint(name, cfg)
@@ -398,7 +520,8 @@ def _skip(name: str, cfg: PipelineConfig, state: dict) -> str | None:
 
 # %% ../nbs/07_pipeline.ipynb #3eb7e679
 def _kernel_pids() -> list[int]:
-    "Process ids of this process's children (the kernels papermill started); Linux only, else empty."
+    """Process ids of this process's children (the kernels papermill started); Linux
+    only, else empty."""
     pids = []
     for stat in Path('/proc').glob('[0-9]*/stat'):
         try: fields_ = stat.read_text().rsplit(')', 1)[1].split()
@@ -409,16 +532,20 @@ def _kernel_pids() -> list[int]:
 # %% ../nbs/07_pipeline.ipynb #b03ee057
 @contextlib.contextmanager
 def forward_interrupts(poll: float = 0.2):
-    "Yield the list of stop signals received; the first is sent on to every kernel as SIGINT, the second interrupts here."
+    """Yield the list of stop signals received; the first is sent on to every kernel as
+    SIGINT, the second interrupts here."""
     stops, sent, done = [], set(), threading.Event()
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    def forward():  # each kernel gets one SIGINT, also one that starts after the signal came
+    # each kernel gets one SIGINT, also one that starts after the signal came
+    def forward():
         for pid in set(_kernel_pids()) - sent:
-            with contextlib.suppress(OSError): os.kill(pid, signal.SIGINT); sent.add(pid)
+            with contextlib.suppress(OSError): os.kill(pid,
+                                                       signal.SIGINT); sent.add(pid)
     def handler(signum, frame):
         stops.append(signal.Signals(signum).name)
         if len(stops) > 1: raise KeyboardInterrupt(stops[-1])
-        print('\ninterrupting: the running notebook saves its state and stops (again to stop at once)', file=sys.stderr)
+        print('\ninterrupting: the running notebook saves its state and stops (again '
+              'to stop at once)', file=sys.stderr)
         forward()
     def watch():
         while not done.wait(poll):
@@ -434,42 +561,61 @@ def forward_interrupts(poll: float = 0.2):
 
 # %% ../nbs/07_pipeline.ipynb #47a82999
 def resume_command(cfg: PipelineConfig) -> str:
-    "The command line that continues the run `cfg`: its options that differ from the defaults, plus `--resume`."
-    args, default = ['minillm', 'pipeline', '--run-dir', str(cfg.run_dir)], PipelineConfig()
+    """The command line that continues the run `cfg`: its options that differ from the
+    defaults, plus `--resume`."""
+    args, default = ['minillm', 'pipeline', '--run-dir',
+                     str(cfg.run_dir)], PipelineConfig()
     for f in fields(PipelineConfig):
         v = getattr(cfg, f.name)
-        if f.name in ('run_dir', 'resume', 'force_restart', 'validation', *PIPELINE_SETS) or v == getattr(default, f.name): continue
-        args += ['--' + f.name.replace('_', '-')] + ([] if isinstance(v, bool) else [str(v)])
-    args += [a for k, v in cfg.validation.items() for a in ('--validation-param', f'{k}={json.dumps(v)}')]
+        if f.name in ('run_dir', 'resume', 'force_restart', 'validation',
+                      *PIPELINE_SETS) or v == getattr(default, f.name): continue
+        args += ['--' + f.name.replace('_', '-')] + ([] if isinstance(v, bool)
+                                                     else [str(v)])
+    args += [a for k, v in cfg.validation.items() for a in ('--validation-param',
+                                                            f'{k}={json.dumps(v)}')]
     return shlex.join(args + ['--resume'])
 
 def _interrupted(cfg: PipelineConfig, when: str, dest=None) -> MinillmError:
     nb = f' (executed notebook: {dest})' if dest else ''
-    return MinillmError(f'interrupted {when}{nb}; finished phases and training checkpoints are kept: continue with '
+    return MinillmError(f'interrupted {when}{nb}; finished phases and training '
+                        'checkpoints are kept: continue with '
                         f'`{resume_command(cfg)}`', ExitCode.INTERRUPTED)
 
 # %% ../nbs/07_pipeline.ipynb #52dda606
+_STANDIN_BODIES = {
+    'corpus': "o = Path(out_dir); o.mkdir(parents=True, exist_ok=True)\n"
+              "(o/'corpus.txt').write_text('a b c')\n"
+              "(o/'manifest.json').write_text(json.dumps("
+              "{'sha256': hashlib.sha256(b'a b c').hexdigest()}))",
+    'tokenizer': "o = Path(out_dir); o.mkdir(parents=True, exist_ok=True)\n"
+                 "for f in ('meta.json', 'train.bin', 'val.bin'): "
+                 "(o/f).write_text('{}')",
+    'model': "print('model ok')",
+    'training': "c = Path(out_dir)/'checkpoints'/'last'; "
+                "c.mkdir(parents=True, exist_ok=True)\n"
+                "(c/'model.safetensors').write_bytes(b'')\n"
+                "(Path(out_dir)/'summary.json').write_text(json.dumps("
+                "{'val_loss': 3.2, 'epochs': options['epochs']}))",
+    'validation': "Path(report_path).write_text(json.dumps("
+                  "{'passed': True, 'samples': ['To be or not']}))"}
+
 def make_standin_notebooks(folder, fail: str = '') -> Path:
-    "Five tiny notebooks with the chapters' names and parameters that write stand-in artifacts (demos, tests)."
+    "Five tiny stand-in notebooks with the chapters' names and parameters (tests)."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    imports = 'import json, hashlib\nfrom pathlib import Path\nfrom minillm.core import MinillmError\n'
-    bodies = {'corpus': "o = Path(out_dir); o.mkdir(parents=True, exist_ok=True)\n(o/'corpus.txt').write_text('a b c')\n"
-                        "(o/'manifest.json').write_text(json.dumps({'sha256': hashlib.sha256(b'a b c').hexdigest()}))",
-              'tokenizer': "o = Path(out_dir); o.mkdir(parents=True, exist_ok=True)\n"
-                           "for f in ('meta.json', 'train.bin', 'val.bin'): (o/f).write_text('{}')",
-              'model': "print('model ok')",
-              'training': "c = Path(out_dir)/'checkpoints'/'last'; c.mkdir(parents=True, exist_ok=True)\n"
-                          "(c/'model.safetensors').write_bytes(b'')\n"
-                          "(Path(out_dir)/'summary.json').write_text(json.dumps({'val_loss': 3.2, 'epochs': options['epochs']}))",
-              'validation': "Path(report_path).write_text(json.dumps({'passed': True, 'samples': ['To be or not']}))"}
+    imports = ('import json, hashlib\nfrom pathlib import Path\n'
+               'from minillm.core import MinillmError\n')
     for p in PHASES:
-        params = '\n'.join(f'{k} = {v!r}' for k, v in phase_parameters(p.name, PipelineConfig()).items())
-        fail_line = f"raise MinillmError('stand-in {p.name} failure; nothing to do', {int(p.exit_code)})\n" if fail == p.name else ''
-        make_notebook(folder/p.notebook, params, imports + fail_line + bodies[p.name])
+        params = phase_parameters(p.name, PipelineConfig())
+        params = '\n'.join(f'{k} = {v!r}' for k, v in params.items())
+        fail_line = (f"raise MinillmError('stand-in {p.name} failure; nothing to do', "
+                     f"{int(p.exit_code)})\n" if fail == p.name else '')
+        make_notebook(folder/p.notebook, params,
+                      imports + fail_line + _STANDIN_BODIES[p.name])
     return folder
 
 # %% ../nbs/07_pipeline.ipynb #7b725231
-def _run_phases(cfg: PipelineConfig, nbs: Path, stops: list, quiet: bool, durations: dict, skipped: list) -> tuple[dict, list]:
+def _run_phases(cfg: PipelineConfig, nbs: Path, stops: list, quiet: bool,
+                durations: dict, skipped: list) -> tuple[dict, list]:
     run = Path(cfg.run_dir); (run/'notebooks').mkdir(exist_ok=True)
     state_path = run/'pipeline_state.json'
     state = _read_json(state_path)
@@ -477,16 +623,21 @@ def _run_phases(cfg: PipelineConfig, nbs: Path, stops: list, quiet: bool, durati
         if stops: raise _interrupted(cfg, f'before {phase.name}')
         dest = run/'notebooks'/phase.notebook
         if why := _skip(phase.name, cfg, state):
-            print(f'\n=== [{i}/{len(PHASES)}] {phase.name}: skipped ({why})', flush=True)
+            print(f'\n=== [{i}/{len(PHASES)}] {phase.name}: skipped ({why})',
+                  flush=True)
             skipped.append(phase.name); continue
         _header(i, phase, dest); t0 = time.perf_counter()
         state.pop(phase.name, None)
-        if phase.name == 'validation': (run/'validation.json').unlink(missing_ok=True)  # never an old verdict
-        try: run_notebook(nbs/phase.notebook, dest, phase_parameters(phase.name, cfg), phase.exit_code, quiet=quiet)
-        except MinillmError as e:  # a kernel the interrupt reached while it started fails its own way: still an interrupt
-            if e.exit_code == ExitCode.INTERRUPTED or stops: raise _interrupted(cfg, f'during {phase.name}', dest) from None
+        if phase.name == 'validation':                           # never an old verdict
+            (run/'validation.json').unlink(missing_ok=True)
+        try: run_notebook(nbs/phase.notebook, dest, phase_parameters(phase.name, cfg),
+                          phase.exit_code, quiet=quiet)
+        except MinillmError as e:  # a kernel the interrupt reached while starting
+            if e.exit_code == ExitCode.INTERRUPTED or stops:  # fails its own way
+                raise _interrupted(cfg, f'during {phase.name}', dest) from None
             raise
-        except KeyboardInterrupt: raise _interrupted(cfg, f'during {phase.name}', dest) from None
+        except KeyboardInterrupt:
+            raise _interrupted(cfg, f'during {phase.name}', dest) from None
         durations[phase.name] = round(time.perf_counter() - t0, 2)
         check_outputs(phase, cfg, dest)
         if fp := phase_fingerprint(phase.name, cfg): state[phase.name] = fp
@@ -495,38 +646,49 @@ def _run_phases(cfg: PipelineConfig, nbs: Path, stops: list, quiet: bool, durati
     return durations, skipped
 
 # %% ../nbs/07_pipeline.ipynb #23097dfe
-def run_pipeline(cfg: PipelineConfig, ask=None, isatty=None, quiet: bool = False) -> Path:
-    "Run every phase for `cfg`, holding the run directory's lock; return the path of the report (written when validation fails too)."
+def run_pipeline(cfg: PipelineConfig, ask=None, isatty=None,
+                 quiet: bool = False) -> Path:
+    """Run every phase for `cfg`, holding the run directory's lock; return the path of
+    the report (written when validation fails too)."""
     nbs = check_prerequisites(cfg)
-    with run_lock(cfg.run_dir):  # a second pipeline into this directory is refused, never interleaved
+    # a second pipeline into this directory is refused, never interleaved
+    with run_lock(cfg.run_dir):
         resolve_resume(cfg, ask, isatty)
         durations, skipped = {}, []
         with forward_interrupts() as stops:
             try: _run_phases(cfg, nbs, stops, quiet, durations, skipped)
-            except MinillmError as e:  # a model that did not learn: the run a user most needs to read
+            # a model that did not learn: the run a user most needs to read
+            except MinillmError as e:
                 if e.exit_code == ExitCode.VALIDATION:
-                    print(f'\nreport: {write_report(cfg, durations, skipped, failure=str(e))}', flush=True)
+                    print('\nreport: '
+                          f'{write_report(cfg, durations, skipped, failure=str(e))}',
+                          flush=True)
                 raise
         return write_report(cfg, durations, skipped)
 
 # %% ../nbs/07_pipeline.ipynb #d86a4516
 def _number(kind):
-    "An argparse type: a number of `kind`, or one line saying it is not (ranges: `check_options`)."
+    """An argparse type: a number of `kind`, or one line saying it is not (ranges:
+    `check_options`)."""
     def conv(text):
         try: return kind(text)
-        except ValueError: raise argparse.ArgumentTypeError(f'not a number: {text!r}') from None
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'not a number: {text!r}') from None
     conv.__name__ = kind.__name__
     return conv
 
 # %% ../nbs/07_pipeline.ipynb #badddd1e
 def _pipeline_command(args) -> int:
     cfg = config_from_args(PipelineConfig, args, validation=dict(args.validation_param))
-    report = run_pipeline(cfg)  # every option is checked before the first phase (check_options)
+    # every option is checked before the first phase (check_options)
+    report = run_pipeline(cfg)
     val = _read_json(Path(cfg.run_dir)/'validation.json')
     samples = samples_of(val)
     print(f'\nreport: {report}')
-    if samples:  # an undertrained model can emit control characters: keep the console readable
-        print('sample: ' + ''.join(c if c.isprintable() else ' ' for c in samples[0].strip()[:300]))
+    # an undertrained model can emit control characters: keep the console readable
+    if samples:
+        print('sample: ' + ''.join(c if c.isprintable() else ' '
+                                   for c in samples[0].strip()[:300]))
     return ExitCode.OK
 
 # %% ../nbs/07_pipeline.ipynb #98b5cfee
@@ -538,13 +700,21 @@ def _validation_param(text: str):
     except ValueError: return key, value
 
 def add_cli(subparsers) -> None:
-    "Register `minillm pipeline`: an option per `PipelineConfig` field, and `--validation-param`."
+    """Register `minillm pipeline`: an option per `PipelineConfig` field, and
+    `--validation-param`."""
     p = add_command(subparsers, 'pipeline', _pipeline_command,
-                    'run every chapter notebook with papermill: corpus, tokenizer, model, training, validation',
-                    ['minillm pipeline', 'minillm pipeline --files my_books/ --run-dir runs/mine',
-                     'minillm pipeline --books 1342,11 --run-dir runs/pg', 'minillm pipeline --epochs 5 --run-dir runs/quick',
+                    'run every chapter notebook with papermill: corpus, tokenizer, '
+                    'model, training, validation',
+                    ['minillm pipeline',
+                     'minillm pipeline --files my_books/ --run-dir runs/mine',
+                     'minillm pipeline --books 1342,11 --run-dir runs/pg',
+                     'minillm pipeline --epochs 5 --run-dir runs/quick',
                      'minillm pipeline --run-dir runs/quick --resume'])
-    add_options(p, PipelineConfig, skip=['validation', *PIPELINE_SETS], types={'int': _number(int), 'float': _number(float)},
-                model=dict(choices=list(MODEL_PRESETS)), files=dict(nargs='+', metavar='PATH'))
-    p.add_argument('--validation-param', action='append', type=_validation_param, default=[], metavar='NAME=VALUE',
-                   help=f'a validation threshold of 06_generation.ipynb: {", ".join(THRESHOLDS)} (repeatable)')
+    add_options(p, PipelineConfig, skip=['validation', *PIPELINE_SETS],
+                types={'int': _number(int), 'float': _number(float)},
+                model=dict(choices=list(MODEL_PRESETS)), files=dict(nargs='+',
+                                                                    metavar='PATH'))
+    p.add_argument('--validation-param', action='append', type=_validation_param,
+                   default=[], metavar='NAME=VALUE',
+                   help='a validation threshold of 06_generation.ipynb: '
+                   f'{", ".join(THRESHOLDS)} (repeatable)')

@@ -26,8 +26,10 @@ __all__ = ['TINY', 'TRAIN_ARGS', 'SHORTHANDS', 'CONTENTS', 'SETUP_STEPS', 'BAD_I
 
 # %% ../nbs/10_reliability.ipynb #0df4583c
 def malicious_pickle(marker) -> bytes:
-    "Pickle bytes whose unpickling would create the directory `marker`: what a booby-trapped file holds."
-    return b'cos\nmkdir\n(V' + str(marker).encode('raw_unicode_escape') + b'\ntR.'  # os.mkdir(marker), protocol 0
+    """Pickle bytes whose unpickling would create the directory `marker`: what a
+    booby-trapped file holds."""
+    # os.mkdir(marker), protocol 0
+    return b'cos\nmkdir\n(V' + str(marker).encode('raw_unicode_escape') + b'\ntR.'
 
 # %% ../nbs/10_reliability.ipynb #05c29322
 class Ran(NamedTuple):
@@ -41,52 +43,73 @@ def run_cli(args) -> Ran:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try: code = main([str(a) for a in args])
-        except SystemExit as e: code = e.code if isinstance(e.code, int) else ExitCode.USAGE  # argparse's errors
+        # argparse's errors
+        except SystemExit as e: code = e.code if isinstance(e.code,
+                                                            int) else ExitCode.USAGE
     return Ran(int(code), out.getvalue(), err.getvalue())
 
 def error_line(stderr: str) -> str:
-    "The one-line message: the last non-empty line of `stderr` (argparse prints its usage above it)."
+    """The one-line message: the last non-empty line of `stderr` (argparse prints its
+    usage above it)."""
     lines = [l for l in stderr.splitlines() if l.strip()]
     return lines[-1] if lines else ''
 
 # %% ../nbs/10_reliability.ipynb #4c7f1a2d
-TINY = dict(model='tiny', n_layer=1, n_embd=32, n_head=2, block_size=16)  # the smallest model, for bad inputs
-TRAIN_ARGS = ['--model', 'tiny', '--n-layer', '1', '--n-embd', '32', '--n-head', '2', '--block-size', '16',
+# the smallest model, for bad inputs
+TINY = dict(model='tiny', n_layer=1, n_embd=32, n_head=2, block_size=16)
+TRAIN_ARGS = ['--model', 'tiny', '--n-layer', '1', '--n-embd', '32', '--n-head', '2',
+              '--block-size', '16',
               '--batch-size', '8', '--dtype', 'float32', '--device', 'cpu', '--quiet']
 
-def write_shards(d, n_train: int = 4000, n_val: int = 600, seed: int = 0, tokenizer: bytes = b'stand-in tokenizer') -> Path:
-    "Token shards in chapter 2's format in `d`: 64 ids in a learnable sequence, `meta.json` and a stand-in tokenizer file."
+def write_shards(d, n_train: int = 4000, n_val: int = 600, seed: int = 0,
+                 tokenizer: bytes = b'stand-in tokenizer') -> Path:
+    """Token shards in chapter 2's format in `d`: 64 ids in a learnable sequence,
+    `meta.json` and a stand-in tokenizer file."""
     d, rng = Path(d), np.random.default_rng(seed); d.mkdir(parents=True, exist_ok=True)
-    nxt, toks = rng.integers(0, 64, (64, 2)), [0]                        # each id has two likely successors
-    for _ in range(n_train + n_val - 1): toks.append(int(nxt[toks[-1], rng.integers(2)]) if rng.random() > .1 else int(rng.integers(64)))
+    # each id has two likely successors
+    nxt, toks = rng.integers(0, 64, (64, 2)), [0]
+    for _ in range(n_train + n_val - 1): toks.append(int(nxt[toks[-1], rng.integers(2)])
+                                                     if rng.random() > .1
+                                                     else int(rng.integers(64)))
     ids = np.array(toks, dtype=np.uint16)
-    ids[:n_train].tofile(d/'train.bin'); ids[n_train:].tofile(d/'val.bin'); (d/'tokenizer.model').write_bytes(tokenizer)
-    meta = dict(vocab_size=64, dtype='uint16', train_tokens=n_train, val_tokens=n_val, train_bytes=3 * n_train,
-                val_bytes=3 * n_val, tokenizer_sha256=hashlib.sha256(tokenizer).hexdigest(), corpus_sha256='0' * 64,
+    ids[:n_train].tofile(d / 'train.bin')
+    ids[n_train:].tofile(d / 'val.bin')
+    (d / 'tokenizer.model').write_bytes(tokenizer)
+    meta = dict(vocab_size=64, dtype='uint16', train_tokens=n_train, val_tokens=n_val,
+                train_bytes=3 * n_train,
+                val_bytes=3 * n_val,
+                tokenizer_sha256=hashlib.sha256(tokenizer).hexdigest(),
+                corpus_sha256='0' * 64,
                 corpus_dir='none')
     (d/'meta.json').write_text(json.dumps(meta))
     return d
 
 # %% ../nbs/10_reliability.ipynb #bdb4f97c
-def write_checkpoint(out, vocab_size: int = 64, tokenizer: bytes = b'stand-in tokenizer', name: str = 'last') -> Path:
-    "`out/checkpoints/NAME` as `minillm train` writes it, for an untrained tiny model; return its path."
-    cfg = TrainConfig(**TINY, dtype='float32', device='cpu')
+def write_checkpoint(out, vocab_size: int = 64,
+                     tokenizer: bytes = b'stand-in tokenizer',
+                     name: str = 'last') -> Path:
+    """`out/checkpoints/NAME` as `minillm train` writes it, for an untrained tiny model;
+    return its path."""
+    cfg, cpu = TrainConfig(**TINY, dtype='float32', device='cpu'), torch.device('cpu')
     torch.manual_seed(0); model = MiniLLM(model_config(cfg, vocab_size))
     ck = Path(out)/'checkpoints'; ck.mkdir(parents=True, exist_ok=True)
-    d = save_checkpoint(ck, name, model, make_optimizer(model, cfg, torch.device('cpu')), LoopState(dtype='float32').to_dict(),
-                        asdict(cfg), None, torch.device('cpu'))
+    d = save_checkpoint(ck, name, model, make_optimizer(model, cfg, cpu),
+                        LoopState(dtype='float32').to_dict(), asdict(cfg), None, cpu)
     (d/'tokenizer.model').write_bytes(tokenizer)
     return d
 
 def bundled_text(n_bytes: int | None = None) -> str:
     "The start of the first book bundled with minillm (all of it without `n_bytes`)."
-    return lzma.open(sorted(BUNDLED_DIR.glob('*.txt.xz'))[0]).read(n_bytes).decode('utf-8', 'ignore')
+    book = sorted(BUNDLED_DIR.glob('*.txt.xz'))[0]
+    return lzma.open(book).read(n_bytes).decode('utf-8', 'ignore')
 
 def real_tokenizer(cache) -> Path:
-    "A real 400-piece SentencePiece model, trained once on 40 kB of the bundled corpus and kept in `cache`."
+    """A real 400-piece SentencePiece model, trained once on 40 kB of the bundled corpus
+    and kept in `cache`."""
     cache = Path(cache); tok = cache/'tokenizer'/'tokenizer.model'
     if not tok.exists():
-        cache.mkdir(parents=True, exist_ok=True); (cache/'book.txt').write_text(bundled_text(40_000))
+        cache.mkdir(parents=True, exist_ok=True)
+        (cache/'book.txt').write_text(bundled_text(40_000))
         build_corpus(cache/'corpus', files=[cache/'book.txt'], progress=False)
         train_tokenizer(cache/'corpus', cache/'tokenizer', vocab_size=400)
     return tok
@@ -94,16 +117,21 @@ def real_tokenizer(cache) -> Path:
 # %% ../nbs/10_reliability.ipynb #9df4c9e2
 @dataclass
 class BadInput:
-    "A bad input to the command line, as plain data: the files it needs, the command, and what must come out."
+    """A bad input to the command line, as plain data: the files it needs, the command,
+    and what must come out."""
     command: str    # the `minillm` subcommand
     what: str       # the bad input, in words
     setup: str      # the files it needs: steps separated by ';' (see SETUP_STEPS)
-    args: str       # the command line after `minillm`; {w} is the work directory, {train}, {book}, {pipe} stand for the usual options
+    # the command line after `minillm`; {w} is the work directory, {train}, {book},
+    # {pipe} stand for the usual options
+    args: str
     code: int       # the documented exit code
     message: str    # a phrase the one-line message contains
 
-SHORTHANDS = {'{train}': 'train --data {w}/data --out {w}/out --epochs 1 ' + shlex.join(TRAIN_ARGS),
-              '{book}': '--out {w}/out --cache {w}/cache --quiet', '{pipe}': 'pipeline --run-dir {w}/run --min-free-disk 0.01'}
+SHORTHANDS = {'{train}': 'train --data {w}/data --out {w}/out --epochs 1 '
+              + shlex.join(TRAIN_ARGS),
+              '{book}': '--out {w}/out --cache {w}/cache --quiet',
+              '{pipe}': 'pipeline --run-dir {w}/run --min-free-disk 0.01'}
 
 def command_args(case: BadInput, work: Path) -> list[str]:
     "The arguments of `case` after `minillm`, for the work directory `work`."
@@ -112,39 +140,55 @@ def command_args(case: BadInput, work: Path) -> list[str]:
     return [a.replace('{w}', str(work)) for a in shlex.split(text)]
 
 # %% ../nbs/10_reliability.ipynb #94fe0d9c
-CONTENTS = {'binary': bytes(range(256)) * 4, 'html': '<!DOCTYPE html><html><body>Not found</body></html>', 'blank': '\n\n',
-            'x': 'x', 'empty': '', 'latin-1': 'caf\xe9'.encode('latin-1'), 'garbage': b'\x00garbage', 'damaged-json': '{"docu',
-            'cut-json': '{"vocab_size": 64,', 'hamlet': 'To be, or not to be, that is the question.\n' * 50}
+CONTENTS = {'binary': bytes(range(256)) * 4,
+            'html': '<!DOCTYPE html><html><body>Not found</body></html>',
+            'blank': '\n\n', 'x': 'x', 'empty': '',
+            'latin-1': 'caf\xe9'.encode('latin-1'),
+            'garbage': b'\x00garbage', 'damaged-json': '{"docu',
+            'cut-json': '{"vocab_size": 64,',
+            'hamlet': 'To be, or not to be, that is the question.\n' * 50}
 
 def _write(w, path, name):
     p = w/path; p.parent.mkdir(parents=True, exist_ok=True)
-    (p.write_bytes if isinstance(CONTENTS[name], bytes) else p.write_text)(CONTENTS[name])
+    write = p.write_bytes if isinstance(CONTENTS[name], bytes) else p.write_text
+    write(CONTENTS[name])
 
-def _edit_json(w, path, change): p = w/path; d = json.loads(p.read_text()); change(d); p.write_text(json.dumps(d))
+def _edit_json(w, path, change):
+    p = w / path; d = json.loads(p.read_text()); change(d); p.write_text(json.dumps(d))
 
 def _checkpoint(w, path, *options):
-    "A checkpoint in `w/path`; `vocab=N` and `tokenizer=real` (a real 400-piece one) change it."
+    """A checkpoint in `w/path`; `vocab=N` and `tokenizer=real` (a real 400-piece one)
+    change it."""
     o = dict(opt.split('=') for opt in options)
-    tok = real_tokenizer(w.parent/'_cache').read_bytes() if o.get('tokenizer') == 'real' else b'stand-in tokenizer'
+    tok = (real_tokenizer(w.parent / '_cache').read_bytes()
+           if o.get('tokenizer') == 'real' else b'stand-in tokenizer')
     write_checkpoint(w/path, int(o.get('vocab', 64)), tok)
 
 def _corpus(w, path):
-    "A tiny corpus of two paragraphs in `w/path` (also the 'previous corpus' that a failed build must leave alone)."
+    """A tiny corpus of two paragraphs in `w/path` (also the 'previous corpus' that a
+    failed build must leave alone)."""
     book = (w/path).parent/'book.txt'; book.parent.mkdir(parents=True, exist_ok=True)
     book.write_text('One paragraph.\n\nAnother one.\n')
     build_corpus(w/path, files=[book], progress=False)
 
 # %% ../nbs/10_reliability.ipynb #386612e5
 SETUP_STEPS = {
-    'shards': lambda w, path: write_shards(w/path, n_train=2000, n_val=400), 'checkpoint': _checkpoint, 'corpus': _corpus,
-    'write': _write, 'cut': lambda w, path, n: (w/path).write_bytes((w/path).read_bytes()[:int(n)]),
-    'double': lambda w, path: (w/path).write_bytes((w/path).read_bytes() * 2),
+    'shards': lambda w, path: write_shards(w / path, n_train=2000, n_val=400),
+    'checkpoint': _checkpoint,
+    'corpus': _corpus,
+    'write': _write,
+    'cut': lambda w, path, n: (w / path).write_bytes((w / path).read_bytes()[: int(n)]),
+    'double': lambda w, path: (w / path).write_bytes((w / path).read_bytes() * 2),
     'drop': lambda w, path, key: _edit_json(w, path, lambda d: d.pop(key)),
-    'set': lambda w, path, key, value: _edit_json(w, path, lambda d: d.update({key: json.loads(value)})),
-    'pickle': lambda w, path: (w/path).write_bytes(malicious_pickle(w/'PWNED'))}
+    'set': lambda w, path, key, value: _edit_json(
+        w, path, lambda d: d.update({key: json.loads(value)})
+    ),
+    'pickle': lambda w, path: (w / path).write_bytes(malicious_pickle(w / 'PWNED')),
+}
 
 def prepare(setup: str, work: Path, stack: contextlib.ExitStack) -> None:
-    "Make the files `setup` asks for in `work`; a `lock DIR` step holds that directory's lock until `stack` closes."
+    """Make the files `setup` asks for in `work`; a `lock DIR` step holds that
+    directory's lock until `stack` closes."""
     for step in filter(None, (s.strip() for s in setup.split(';'))):
         verb, *args = shlex.split(step)
         if verb == 'lock': stack.enter_context(run_lock(work/args[0]))
@@ -152,10 +196,12 @@ def prepare(setup: str, work: Path, stack: contextlib.ExitStack) -> None:
 
 # %% ../nbs/10_reliability.ipynb #a8ec3184
 def _snapshot(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob('*')) if p.is_file()}
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob('*')) if p.is_file()}
 
 def check_bad_input(case: BadInput, work) -> dict:
-    "Set up `case` in the new folder `work`, run it in-process; return its exit code, message and problems."
+    """Set up `case` in the new folder `work`, run it in-process; return its exit code,
+    message and problems."""
     work = Path(work); work.mkdir(parents=True)
     with contextlib.ExitStack() as stack:
         prepare(case.setup, work, stack)
@@ -163,105 +209,233 @@ def check_bad_input(case: BadInput, work) -> dict:
         before = _snapshot(work)
         code, _, err = run_cli(args)
         after = _snapshot(work)
-    own = [l for l in err.splitlines() if l.strip() and not l.startswith(('usage:', ' '))]
-    problems = ([f'exit {code}, not {int(case.code)}'] * (code != case.code) +
-                [f'message lacks {case.message!r}'] * (case.message not in error_line(err)) +
-                [f'{len(own)} lines on stderr'] * (len(own) != 1) + ['a traceback'] * ('Traceback' in err) +
-                [f'{p} changed or deleted' for p in before if after.get(p) != before[p]] +
-                ['the planted pickle ran'] * (work/'PWNED').exists())
-    return dict(command=case.command, what=case.what, args=args, code=code, line=error_line(err), problems=problems)
+    own = [l for l in err.splitlines() if l.strip() and not l.startswith(('usage:',
+                                                                          ' '))]
+    problems = (
+        [f'exit {code}, not {int(case.code)}'] * (code != case.code)
+        + [f'message lacks {case.message!r}'] * (case.message not in error_line(err))
+        + [f'{len(own)} lines on stderr'] * (len(own) != 1)
+        + ['a traceback'] * ('Traceback' in err)
+        + [f'{p} changed or deleted' for p in before if after.get(p) != before[p]]
+        + ['the planted pickle ran'] * (work / 'PWNED').exists()
+    )
+    return dict(command=case.command, what=case.what, args=args, code=code,
+                line=error_line(err), problems=problems)
 
 # %% ../nbs/10_reliability.ipynb #f3809fc0
 BAD_INPUTS = [
-    BadInput('corpus', '`--books` that are not numbers', '', 'corpus --books pride {book}', 1, 'bad --books value'),
-    BadInput('corpus', 'a book "number" that is a relative path', '', 'corpus --books ../../etc/passwd {book}', 1, 'bad --books value'),
-    BadInput('corpus', 'a book "number" that is an absolute path', '', 'corpus --books /etc/passwd {book}', 1, 'bad --books value'),
-    BadInput('corpus', 'a book number with a path after it', '', 'corpus --books 1342/../../x {book}', 1, 'bad --books value'),
-    BadInput('corpus', 'a `file://` mirror', '', 'corpus --books 1 --mirror file:///etc {book}', 1, 'not an http(s) URL'),
-    BadInput('corpus', 'an `ftp://` mirror', '', 'corpus --books 1 --mirror ftp://127.0.0.1/pub {book}', 1, 'not an http(s) URL'),
-    BadInput('corpus', '`--val-fraction` of 1 or more', '', 'corpus --val-fraction 1.5 {book}', 1, '--val-fraction must be in [0, 1)'),
-    BadInput('corpus', '`--timeout 0`', '', 'corpus --books 1 --timeout 0 {book}', 1, '--timeout must be > 0'),
-    BadInput('corpus', 'a local file that does not exist', '', 'corpus --files {w}/missing.txt {book}', 1, 'neither a file nor a folder'),
-    BadInput('corpus', 'a binary file, over an existing corpus', 'corpus out; write x.bin binary', 'corpus --files {w}/x.bin {book}', 2, 'is a binary file'),
-    BadInput('corpus', 'an HTML page saved as .txt', 'write x.txt html', 'corpus --files {w}/x.txt {book}', 2, 'is an HTML page'),
-    BadInput('corpus', 'an empty file', 'write x.txt blank', 'corpus --files {w}/x.txt {book}', 2, 'is empty or only whitespace'),
-    BadInput('corpus', 'an output directory under a regular file', 'write f x', 'corpus --out {w}/f/sub --quiet', 2, 'is not writable'),
+    BadInput('corpus', '`--books` that are not numbers', '',
+             'corpus --books pride {book}', 1, 'bad --books value'),
+    BadInput('corpus', 'a book "number" that is a relative path', '',
+             'corpus --books ../../etc/passwd {book}', 1, 'bad --books value'),
+    BadInput('corpus', 'a book "number" that is an absolute path', '',
+             'corpus --books /etc/passwd {book}', 1, 'bad --books value'),
+    BadInput('corpus', 'a book number with a path after it', '',
+             'corpus --books 1342/../../x {book}', 1, 'bad --books value'),
+    BadInput('corpus', 'a `file://` mirror', '',
+             'corpus --books 1 --mirror file:///etc {book}', 1, 'not an http(s) URL'),
+    BadInput('corpus', 'an `ftp://` mirror', '',
+             'corpus --books 1 --mirror ftp://127.0.0.1/pub {book}', 1,
+             'not an http(s) URL'),
+    BadInput('corpus', '`--val-fraction` of 1 or more', '',
+             'corpus --val-fraction 1.5 {book}', 1, '--val-fraction must be in [0, 1)'),
+    BadInput('corpus', '`--timeout 0`', '', 'corpus --books 1 --timeout 0 {book}', 1,
+             '--timeout must be > 0'),
+    BadInput('corpus', 'a local file that does not exist', '',
+             'corpus --files {w}/missing.txt {book}', 1, 'neither a file nor a folder'),
+    BadInput('corpus', 'a binary file, over an existing corpus',
+             'corpus out; write x.bin binary', 'corpus --files {w}/x.bin {book}', 2,
+             'is a binary file'),
+    BadInput('corpus', 'an HTML page saved as .txt', 'write x.txt html',
+             'corpus --files {w}/x.txt {book}', 2, 'is an HTML page'),
+    BadInput('corpus', 'an empty file', 'write x.txt blank',
+             'corpus --files {w}/x.txt {book}', 2, 'is empty or only whitespace'),
+    BadInput('corpus', 'an output directory under a regular file', 'write f x',
+             'corpus --out {w}/f/sub --quiet', 2, 'is not writable'),
 ]
 
 # %% ../nbs/10_reliability.ipynb #9c7a8c16
 BAD_INPUTS += [
-    BadInput('tokenizer', 'a corpus directory without a corpus', '', 'tokenizer --corpus {w}/nothing --out {w}/data', 1, 'no corpus in'),
-    BadInput('tokenizer', 'a damaged `manifest.json`', 'corpus c; write c/manifest.json damaged-json', 'tokenizer --corpus {w}/c --out {w}/data', 2, 'is damaged'),
-    BadInput('tokenizer', 'a vocabulary smaller than the reserved ids', 'corpus c', 'tokenizer --corpus {w}/c --out {w}/data --vocab-size 100', 3, 'is too small'),
-    BadInput('tokenizer', 'a vocabulary larger than the corpus supports', 'corpus c', 'tokenizer --corpus {w}/c --out {w}/data --vocab-size 60000 --quiet', 3, 'is too large for this corpus'),
-    BadInput('tokenizer', 'an unknown `--model-type`', '', 'tokenizer --corpus {w}/c --out {w}/data --model-type wordpiece', 1, "invalid choice: 'wordpiece'"),
+    BadInput('tokenizer', 'a corpus directory without a corpus', '',
+             'tokenizer --corpus {w}/nothing --out {w}/data', 1, 'no corpus in'),
+    BadInput('tokenizer', 'a damaged `manifest.json`',
+             'corpus c; write c/manifest.json damaged-json',
+             'tokenizer --corpus {w}/c --out {w}/data', 2, 'is damaged'),
+    BadInput('tokenizer', 'a vocabulary smaller than the reserved ids', 'corpus c',
+             'tokenizer --corpus {w}/c --out {w}/data --vocab-size 100', 3,
+             'is too small'),
+    BadInput('tokenizer', 'a vocabulary larger than the corpus supports', 'corpus c',
+             'tokenizer --corpus {w}/c --out {w}/data --vocab-size 60000 --quiet', 3,
+             'is too large for this corpus'),
+    BadInput('tokenizer', 'an unknown `--model-type`', '',
+             'tokenizer --corpus {w}/c --out {w}/data --model-type wordpiece', 1,
+             "invalid choice: 'wordpiece'"),
 ]
 
 # %% ../nbs/10_reliability.ipynb #f2f75dac
 BAD_INPUTS += [
-    BadInput('train', '`--epochs 0`', 'shards data', '{train} --epochs 0', 1, '--epochs must be positive'),
-    BadInput('train', 'a batch that does not split into `--grad-accum` parts', 'shards data', '{train} --batch-size 7 --grad-accum 2', 1, 'must be a multiple of --grad-accum'),
-    BadInput('train', 'an unknown `--dtype`', 'shards data', '{train} --dtype float16', 1, '--dtype must be auto, float32 or bfloat16'),
-    BadInput('train', 'a `--max-time` that is not a duration', 'shards data', '{train} --max-time soon', 1, 'bad duration'),
-    BadInput('train', 'a context longer than the validation split', 'shards data', '{train} --block-size 1000', 1, 'longer than the validation split'),
-    BadInput('train', 'a data directory without shards', '', '{train} --data {w}/nothing', 4, 'meta.json is missing'),
-    BadInput('train', 'a truncated shard', 'shards data; cut data/train.bin 1000', '{train}', 4, 'is 1000 bytes but meta.json expects 4000'),
-    BadInput('train', 'a shard longer than `meta.json` says', 'shards data; double data/val.bin', '{train}', 4, 'is 1600 bytes but meta.json expects 800'),
-    BadInput('train', '`meta.json` that is not JSON', 'shards data; write data/meta.json cut-json', '{train}', 4, 'is not valid JSON'),
-    BadInput('train', '`meta.json` without its token counts', 'shards data; drop data/meta.json train_tokens', '{train}', 4, 'lacks train_tokens'),
-    BadInput('train', 'a tokenizer file that is not a SentencePiece model', 'shards data; write data/tokenizer.model garbage', '{train}', 4, 'not even a SentencePiece model'),
-    BadInput('train', 'existing checkpoints, neither `--resume` nor `--force-restart`', 'shards data; checkpoint out', '{train}', 1, 'already holds checkpoints'),
-    BadInput('train', '`--resume` and `--force-restart` together', 'shards data; checkpoint out', '{train} --resume --force-restart', 1, 'exclude each other'),
-    BadInput('train', '`--resume` from truncated weights', 'shards data; checkpoint out; cut out/checkpoints/last/model.safetensors 500', '{train} --resume', 4, 'model.safetensors is corrupt or truncated'),
-    BadInput('train', '`--resume` from a `config.json` with a missing field', 'shards data; checkpoint out; drop out/checkpoints/last/config.json n_layer', '{train} --resume', 4, "missing ModelConfig fields ['n_layer']"),
-    BadInput('train', '`--resume` from optimizer state that is a pickle', 'shards data; checkpoint out; pickle out/checkpoints/last/optimizer.safetensors', '{train} --resume', 4, 'optimizer.safetensors is corrupt or truncated'),
-    BadInput('train', 'an output directory another run is using', 'shards data; lock out', '{train}', 1, 'is in use by pid'),
+    BadInput('train', '`--epochs 0`', 'shards data', '{train} --epochs 0', 1,
+             '--epochs must be positive'),
+    BadInput('train', 'a batch that does not split into `--grad-accum` parts',
+             'shards data', '{train} --batch-size 7 --grad-accum 2', 1,
+             'must be a multiple of --grad-accum'),
+    BadInput('train', 'an unknown `--dtype`', 'shards data', '{train} --dtype float16',
+             1, '--dtype must be auto, float32 or bfloat16'),
+    BadInput('train', 'a `--max-time` that is not a duration', 'shards data',
+             '{train} --max-time soon', 1, 'bad duration'),
+    BadInput('train', 'a context longer than the validation split', 'shards data',
+             '{train} --block-size 1000', 1, 'longer than the validation split'),
+    BadInput('train', 'a data directory without shards', '',
+             '{train} --data {w}/nothing', 4, 'meta.json is missing'),
+    BadInput('train', 'a truncated shard', 'shards data; cut data/train.bin 1000',
+             '{train}', 4, 'is 1000 bytes but meta.json expects 4000'),
+    BadInput('train', 'a shard longer than `meta.json` says',
+             'shards data; double data/val.bin', '{train}', 4,
+             'is 1600 bytes but meta.json expects 800'),
+]
+
+# %% ../nbs/10_reliability.ipynb #b3rel101
+BAD_INPUTS += [
+    BadInput('train', '`meta.json` that is not JSON',
+             'shards data; write data/meta.json cut-json', '{train}', 4,
+             'is not valid JSON'),
+    BadInput('train', '`meta.json` without its token counts',
+             'shards data; drop data/meta.json train_tokens', '{train}', 4,
+             'lacks train_tokens'),
+    BadInput('train', 'a tokenizer file that is not a SentencePiece model',
+             'shards data; write data/tokenizer.model garbage', '{train}', 4,
+             'not even a SentencePiece model'),
+    BadInput('train', 'existing checkpoints, neither `--resume` nor `--force-restart`',
+             'shards data; checkpoint out', '{train}', 1, 'already holds checkpoints'),
+    BadInput('train', '`--resume` and `--force-restart` together',
+             'shards data; checkpoint out', '{train} --resume --force-restart', 1,
+             'exclude each other'),
+    BadInput('train', '`--resume` from truncated weights',
+             'shards data; checkpoint out; cut out/checkpoints/last/model.safetensors '
+             '500', '{train} --resume', 4, 'model.safetensors is corrupt or truncated'),
+    BadInput('train', '`--resume` from a `config.json` with a missing field',
+             'shards data; checkpoint out; drop out/checkpoints/last/config.json '
+             'n_layer', '{train} --resume', 4,
+             "missing ModelConfig fields ['n_layer']"),
+    BadInput('train', '`--resume` from optimizer state that is a pickle',
+             'shards data; checkpoint out; pickle '
+             'out/checkpoints/last/optimizer.safetensors', '{train} --resume', 4,
+             'optimizer.safetensors is corrupt or truncated'),
+    BadInput('train', 'an output directory another run is using',
+             'shards data; lock out', '{train}', 1, 'is in use by pid'),
 ]
 
 # %% ../nbs/10_reliability.ipynb #4a74cd70
 BAD_INPUTS += [
-    BadInput('generate', 'a checkpoint directory that does not exist', '', 'generate --checkpoint {w}/missing', 6, 'no such directory'),
-    BadInput('generate', 'a negative `--temperature`', '', 'generate --checkpoint {w} --temperature -1', 1, '--temperature must be 0 (greedy) or more'),
-    BadInput('generate', '`--top-p 0`', '', 'generate --checkpoint {w} --top-p 0', 1, '--top-p must be in (0, 1]'),
-    BadInput('generate', 'a `config.json` with a missing field', 'checkpoint run; drop run/checkpoints/last/config.json vocab_size', 'generate --checkpoint {w}/run/checkpoints/last', 6, "missing ModelConfig fields ['vocab_size']"),
-    BadInput('generate', 'a `config.json` of a model too big for this machine', 'checkpoint run; set run/checkpoints/last/config.json vocab_size 1000000000000', 'generate --checkpoint {w}/run/checkpoints/last', 6, "more than half of this machine's memory"),
-    BadInput('generate', 'weights that are a pickle', 'checkpoint run; pickle run/checkpoints/last/model.safetensors', 'generate --checkpoint {w}/run/checkpoints/last', 6, 'loading model from'),
-    BadInput('generate', 'a tokenizer file that is not a SentencePiece model', 'checkpoint run', 'generate --checkpoint {w}/run/checkpoints/last', 6, 'is not a SentencePiece model'),
-    BadInput('generate', 'a tokenizer of another vocabulary', 'checkpoint run tokenizer=real', 'generate --checkpoint {w}/run/checkpoints/last', 6, 'has 400 tokens but the model expects 64'),
-    BadInput('validate', 'a checkpoint whose token shards are gone', 'checkpoint run vocab=400 tokenizer=real', 'validate --checkpoint {w}/run/checkpoints/last --data {w}/gone', 1, 'validation needs token shards'),
-    BadInput('validate', 'a truncated validation shard', 'checkpoint run vocab=400 tokenizer=real; shards data; cut data/val.bin 301', 'validate --checkpoint {w}/run/checkpoints/last --data {w}/data', 1, 'is 301 bytes but meta.json expects 800'),
-    BadInput('validate', 'shards encoded with another tokenizer', 'checkpoint run vocab=400 tokenizer=real; shards data', 'validate --checkpoint {w}/run/checkpoints/last --data {w}/data', 1, 'were encoded with another tokenizer'),
-    BadInput('evaluate', 'a text file that does not exist', '', 'evaluate --checkpoint {w} --text {w}/missing.txt', 1, 'cannot read'),
-    BadInput('evaluate', 'a text file that is not UTF-8', 'write t.txt latin-1', 'evaluate --checkpoint {w} --text {w}/t.txt', 1, 'as UTF-8 text'),
-    BadInput('evaluate', 'an empty text file', 'write t.txt empty', 'evaluate --checkpoint {w} --text {w}/t.txt', 1, 'is empty: nothing to evaluate'),
+    BadInput('generate', 'a checkpoint directory that does not exist', '',
+             'generate --checkpoint {w}/missing', 6, 'no such directory'),
+    BadInput('generate', 'a negative `--temperature`', '',
+             'generate --checkpoint {w} --temperature -1', 1,
+             '--temperature must be 0 (greedy) or more'),
+    BadInput('generate', '`--top-p 0`', '', 'generate --checkpoint {w} --top-p 0', 1,
+             '--top-p must be in (0, 1]'),
+    BadInput('generate', 'a `config.json` with a missing field',
+             'checkpoint run; drop run/checkpoints/last/config.json vocab_size',
+             'generate --checkpoint {w}/run/checkpoints/last', 6,
+             "missing ModelConfig fields ['vocab_size']"),
+    BadInput('generate', 'a `config.json` of a model too big for this machine',
+             'checkpoint run; set run/checkpoints/last/config.json vocab_size '
+             '1000000000000', 'generate --checkpoint {w}/run/checkpoints/last', 6,
+             "more than half of this machine's memory"),
+    BadInput('generate', 'weights that are a pickle',
+             'checkpoint run; pickle run/checkpoints/last/model.safetensors',
+             'generate --checkpoint {w}/run/checkpoints/last', 6, 'loading model from'),
+    BadInput('generate', 'a tokenizer file that is not a SentencePiece model',
+             'checkpoint run', 'generate --checkpoint {w}/run/checkpoints/last', 6,
+             'is not a SentencePiece model'),
+]
+
+# %% ../nbs/10_reliability.ipynb #b3rel102
+BAD_INPUTS += [
+    BadInput('generate', 'a tokenizer of another vocabulary',
+             'checkpoint run tokenizer=real',
+             'generate --checkpoint {w}/run/checkpoints/last', 6,
+             'has 400 tokens but the model expects 64'),
+    BadInput('validate', 'a checkpoint whose token shards are gone',
+             'checkpoint run vocab=400 tokenizer=real',
+             'validate --checkpoint {w}/run/checkpoints/last --data {w}/gone', 1,
+             'validation needs token shards'),
+    BadInput('validate', 'a truncated validation shard',
+             'checkpoint run vocab=400 tokenizer=real; shards data; cut data/val.bin '
+             '301', 'validate --checkpoint {w}/run/checkpoints/last --data {w}/data', 1,
+             'is 301 bytes but meta.json expects 800'),
+    BadInput('validate', 'shards encoded with another tokenizer',
+             'checkpoint run vocab=400 tokenizer=real; shards data',
+             'validate --checkpoint {w}/run/checkpoints/last --data {w}/data', 1,
+             'were encoded with another tokenizer'),
+    BadInput('evaluate', 'a text file that does not exist', '',
+             'evaluate --checkpoint {w} --text {w}/missing.txt', 1, 'cannot read'),
+    BadInput('evaluate', 'a text file that is not UTF-8', 'write t.txt latin-1',
+             'evaluate --checkpoint {w} --text {w}/t.txt', 1, 'as UTF-8 text'),
+    BadInput('evaluate', 'an empty text file', 'write t.txt empty',
+             'evaluate --checkpoint {w} --text {w}/t.txt', 1,
+             'is empty: nothing to evaluate'),
 ]
 
 # %% ../nbs/10_reliability.ipynb #bbda701d
 BAD_INPUTS += [
-    BadInput('pipeline', '`--epochs` that is not a number', '', '{pipe} --epochs many', 1, "not a number: 'many'"),
-    BadInput('pipeline', 'a `--max-time` that is not a duration', '', '{pipe} --max-time soon', 1, 'bad duration'),
-    BadInput('pipeline', 'a book "number" that is a path', '', '{pipe} --books ../../etc/passwd', 1, 'bad --books value'),
-    BadInput('pipeline', 'a `file://` mirror', '', '{pipe} --books 1 --mirror file:///etc/passwd', 1, 'not an http(s) URL'),
-    BadInput('pipeline', 'more free disk asked for than there is', '', '{pipe} --min-free-disk 1e9', 1, 'not enough free disk'),
-    BadInput('pipeline', 'a `--notebooks` folder without the chapters', '', '{pipe} --notebooks {w}/nothing', 1, 'chapter notebooks not found'),
-    BadInput('pipeline', '`--resume` and `--force-restart` together', '', '{pipe} --resume --force-restart', 1, 'exclude each other'),
-    BadInput('pipeline', 'a run directory another pipeline is using', 'lock run', '{pipe}', 1, 'is in use by pid'),
-    BadInput('bench', 'a `--text` file that does not exist', '', 'bench quality --text {w}/missing.txt', 1, 'not found'),
-    BadInput('bench', 'a `--split` outside (0, 1)', 'write text.txt hamlet', 'bench quality --text {w}/text.txt --split 1.5', 1, '--split must be between 0 and 1'),
-    BadInput('bench', 'a `--budget` that is not a duration', 'write text.txt hamlet', 'bench quality --text {w}/text.txt --budget soon', 1, 'bad duration'),
-    BadInput('bench', 'a `--recipe` that is not JSON', 'write text.txt hamlet', "bench quality --text {w}/text.txt --recipe '{vocab_size: 512}'", 1, 'bad --recipe'),
-    BadInput('bench', 'a `--recipe` with an unknown field', 'write text.txt hamlet', 'bench quality --text {w}/text.txt --recipe \'{"layers": 2}\'', 1, 'bad --recipe'),
-    BadInput('bench', '`--n-layer 0`', '', 'bench speed --n-layer 0', 1, '--n-layer must be positive'),
-    BadInput('bench', 'an unknown `--preset`', '', 'bench speed --preset huge', 1, "unknown --preset 'huge'"),
+    BadInput('pipeline', '`--epochs` that is not a number', '', '{pipe} --epochs many',
+             1, "not a number: 'many'"),
+    BadInput('pipeline', 'a `--max-time` that is not a duration', '',
+             '{pipe} --max-time soon', 1, 'bad duration'),
+    BadInput('pipeline', 'a book "number" that is a path', '',
+             '{pipe} --books ../../etc/passwd', 1, 'bad --books value'),
+    BadInput('pipeline', 'a `file://` mirror', '',
+             '{pipe} --books 1 --mirror file:///etc/passwd', 1, 'not an http(s) URL'),
+    BadInput('pipeline', 'more free disk asked for than there is', '',
+             '{pipe} --min-free-disk 1e9', 1, 'not enough free disk'),
+    BadInput('pipeline', 'a `--notebooks` folder without the chapters', '',
+             '{pipe} --notebooks {w}/nothing', 1, 'chapter notebooks not found'),
+    BadInput('pipeline', '`--resume` and `--force-restart` together', '',
+             '{pipe} --resume --force-restart', 1, 'exclude each other'),
+]
+
+# %% ../nbs/10_reliability.ipynb #b3rel103
+BAD_INPUTS += [
+    BadInput('pipeline', 'a run directory another pipeline is using', 'lock run',
+             '{pipe}', 1, 'is in use by pid'),
+    BadInput('bench', 'a `--text` file that does not exist', '',
+             'bench quality --text {w}/missing.txt', 1, 'not found'),
+    BadInput('bench', 'a `--split` outside (0, 1)', 'write text.txt hamlet',
+             'bench quality --text {w}/text.txt --split 1.5', 1,
+             '--split must be between 0 and 1'),
+    BadInput('bench', 'a `--budget` that is not a duration', 'write text.txt hamlet',
+             'bench quality --text {w}/text.txt --budget soon', 1, 'bad duration'),
+    BadInput('bench', 'a `--recipe` that is not JSON', 'write text.txt hamlet',
+             "bench quality --text {w}/text.txt --recipe '{vocab_size: 512}'", 1,
+             'bad --recipe'),
+    BadInput('bench', 'a `--recipe` with an unknown field', 'write text.txt hamlet',
+             'bench quality --text {w}/text.txt --recipe \'{"layers": 2}\'', 1,
+             'bad --recipe'),
+    BadInput('bench', '`--n-layer 0`', '', 'bench speed --n-layer 0', 1,
+             '--n-layer must be positive'),
+    BadInput('bench', 'an unknown `--preset`', '', 'bench speed --preset huge', 1,
+             "unknown --preset 'huge'"),
 ]
 
 # %% ../nbs/10_reliability.ipynb #74b37833
+def _html(s: str) -> str:
+    "`s` escaped for HTML, with each `` `code` `` span and each --option in code style."
+    s = s.replace('&', '&amp;').replace('<', '&lt;').replace('>', '&gt;')
+    s = re.sub(r'`([^`]+)`', r'<code>\1</code>', s)
+    return re.sub(r'(?<![\w>-])(--[a-z][a-z0-9-]*)', r'<code>\1</code>', s)
+
 def bad_input_table(rows: list[dict], root) -> str:
-    "A Markdown table of checked bad inputs: command, input, exit code (and its name), message."
-    esc = lambda s: re.sub(r'([\\`*_|<>\[\]$#])', r'\\\1', s)
-    lines = ['| command | bad input | exit code | message |', '|---|---|---|---|']
+    """An HTML table of checked bad inputs: command, input, exit code (and its name),
+    message (HTML: a Markdown table would set `--` as a dash)."""
+    out = ['<table><tr><th>command</th><th>bad input</th><th>exit code</th>'
+           '<th>message</th></tr>']
     for r in rows:
-        msg = r['line'].replace(str(Path(root).resolve()), 'DIR').replace(str(root), 'DIR')
-        name = ExitCode(r['code']).name.lower() if r['code'] in set(ExitCode) else 'internal error'
-        lines.append(f'| `{r["command"]}` | {r["what"]} | {r["code"]} {name} | {esc(msg)} |')
-    return '\n'.join(lines)
+        msg = r['line'].replace(str(Path(root).resolve()), 'DIR')
+        msg = msg.replace(str(root), 'DIR')
+        name = (ExitCode(r['code']).name.lower() if r['code'] in set(ExitCode)
+                else 'internal error')
+        out.append(f'<tr><td><code>minillm {r["command"]}</code></td>'
+                   f'<td>{_html(r["what"])}</td><td>{r["code"]} {name}</td>'
+                   f'<td>{_html(msg)}</td></tr>')
+    return '\n'.join(out + ['</table>'])
