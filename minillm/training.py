@@ -88,7 +88,8 @@ class TrainConfig:
     progress: bool = True         # a progress bar on stderr; --quiet turns it off
 
 # %% ../nbs/05_training.ipynb #8855d02d
-_POSITIVE = ('epochs', 'batch_size', 'learning_rate', 'muon_lr', 'grad_accum', 'eval_batches',
+_POSITIVE = ('epochs', 'batch_size', 'learning_rate', 'muon_lr', 'grad_accum',
+             'eval_batches',
              'checkpoint_every', 'block_size', 'n_layer', 'n_head', 'n_kv_head',
              'n_embd')
 _NON_NEGATIVE = ('dropout', 'warmup', 'min_lr', 'weight_decay', 'clip', 'eval_every',
@@ -149,7 +150,8 @@ def check_config(cfg: TrainConfig) -> None:
         )
     if cfg.optimizer == 'muon' and not hasattr(torch.optim, 'Muon'):
         raise MinillmError(f'--optimizer muon needs PyTorch 2.9 or later (this is '
-                           f'{torch.__version__}); upgrade torch or use --optimizer adamw')
+                           f'{torch.__version__}); upgrade torch or use '
+                           f'--optimizer adamw')
     if cfg.max_time: parse_duration(cfg.max_time)
 
 # %% ../nbs/05_training.ipynb #282ba062
@@ -176,7 +178,7 @@ def bits_per_byte(loss: float, n_tokens: int, n_bytes: int) -> float:
 # %% ../nbs/05_training.ipynb #6ea8106a
 def orthogonalize(m, steps: int = 5, abc=(3.4445, -4.7750, 2.0315), eps: float = 1e-7,
                   dtype=torch.float32):
-    "About U V^T of m = U S V^T: Newton-Schulz iterations in `dtype` (torch.optim.Muon's)."
+    "About U V^T of m = U S V^T, by torch.optim.Muon's Newton-Schulz iterations in `dtype`."
     a, b, c = abc
     x = m.to(dtype)
     if m.size(0) > m.size(1): x = x.T
@@ -198,7 +200,8 @@ class Muon(torch.optim.Muon):
             ps, grads, bufs = [], [], []
             self._init_group(g, ps, grads, bufs)
             for p, grad, buf in zip(ps, grads, bufs):
-                buf.lerp_(grad, 1 - g['momentum'])   # momentum, then Nesterov's look-ahead
+                # momentum, then Nesterov's look-ahead
+                buf.lerp_(grad, 1 - g['momentum'])
                 u = grad.lerp(buf, g['momentum']) if g['nesterov'] else buf
                 u = orthogonalize(u, g['ns_steps'], g['ns_coefficients'], g['eps'],
                                   self.ns_dtype)
@@ -211,7 +214,8 @@ class Optimizers:
     "Optimizers stepped as one: one list of param groups, one state dict to save."
     def __init__(self, *opts): self.opts = opts
     @property
-    def param_groups(self) -> list: return [g for o in self.opts for g in o.param_groups]
+    def param_groups(self) -> list:
+        return [g for o in self.opts for g in o.param_groups]
     def step(self):
         for o in self.opts: o.step()
     def zero_grad(self, set_to_none: bool = True):
@@ -700,8 +704,8 @@ def fold_loss(state: LoopState, s: Session) -> None:
     state.loss_sum += float(s.loss_acc.item()); s.loss_acc.zero_()
 
 def save(run: RunSpec, state: LoopState, s: Session, name: str) -> None:
-    """Checkpoint `name` (`last` or `best`) of the run as it stands (the checkpoints section's
-    `save_checkpoint`); rank 0 writes."""
+    """Checkpoint `name` (`last` or `best`) of the run as it stands (`save_checkpoint`);
+    rank 0 writes."""
     check_finite(run, state, s)   # never write a diverged model over a good one
     if run.rank == 0:
         # absolute: read from anywhere
