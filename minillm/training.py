@@ -178,7 +178,7 @@ def bits_per_byte(loss: float, n_tokens: int, n_bytes: int) -> float:
 # %% ../nbs/05_training.ipynb #6ea8106a
 def orthogonalize(m, steps: int = 5, abc=(3.4445, -4.7750, 2.0315), eps: float = 1e-7,
                   dtype=torch.float32):
-    "About U V^T of m = U S V^T: torch.optim.Muon's Newton-Schulz iterations in `dtype`."
+    "About U V^T of m = U S V^T: PyTorch Muon's Newton-Schulz iterations, in `dtype`."
     a, b, c = abc
     x = m.to(dtype)
     if m.size(0) > m.size(1): x = x.T
