@@ -84,8 +84,8 @@ def penalize_repeats(logits, seen, penalty: float = 1.0):
 def pick_next(logits, temperature: float = 1.0, top_k: int | None = None,
               top_p: float = 1.0,
               generator: torch.Generator | None = None):
-    """The next token id (B,) from logits (B, V): argmax at temperature 0, else a draw
-    from the filtered softmax."""
+    """The next token id (B,) from logits (B, V): argmax at temperature 0, else a
+    draw from the filtered softmax."""
     if temperature == 0: return logits.argmax(-1)
     probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

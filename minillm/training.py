@@ -22,15 +22,15 @@ from .checkpoint import (check_start_flags, existing_checkpoints,
 from .tokenizer import load_shard, check_shards
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULES', 'CALIBRATION', 'RUN_DEFINING', 'TrainConfig', 'check_numbers', 'check_config',
-           'epoch_windows', 'get_batch', 'bits_per_byte', 'orthogonalize', 'Muon', 'Optimizers', 'make_optimizer',
-           'lr_at', 'pick_device', 'autocast', 'measure_dtype', 'cpu_has_bf16', 'model_config', 'check_data',
-           'init_distributed', 'ranks_in_sync', 'evaluate_loss', 'train_step', 'fastest_threads', 'StopFlag',
-           'resolve_start', 'RunSpec', 'plan_run', 'LoopState', 'fixed_length', 'steps_in_budget', 'plan_text',
-           'micro_batches', 'Session', 'open_session', 'take_step', 'check_finite', 'fold_loss', 'save', 'schedule_end',
-           'evaluation_due', 'metrics_line', 'evaluate_and_log', 'stop_reason', 'agree_to_stop', 'end_epoch',
-           'checkpoint_due', 'plan_schedule', 'snapshot_due', 'run_epochs', 'check_resumable', 'resume_schedule',
-           'choose_dtype', 'plot_losses', 'summary_of', 'train', 'add_cli']
+__all__ = ['OPTIMIZERS', 'SCHEDULES', 'CALIBRATION', 'RUN_DEFINING', 'TrainConfig', 'check_numbers', 'check_optimizer',
+           'check_config', 'epoch_windows', 'get_batch', 'bits_per_byte', 'orthogonalize', 'Muon', 'Optimizers',
+           'make_optimizer', 'lr_at', 'pick_device', 'autocast', 'measure_dtype', 'cpu_has_bf16', 'model_config',
+           'check_data', 'init_distributed', 'ranks_in_sync', 'evaluate_loss', 'train_step', 'fastest_threads',
+           'StopFlag', 'resolve_start', 'RunSpec', 'plan_run', 'LoopState', 'fixed_length', 'steps_in_budget',
+           'plan_text', 'micro_batches', 'Session', 'open_session', 'take_step', 'check_finite', 'fold_loss', 'save',
+           'schedule_end', 'evaluation_due', 'metrics_line', 'evaluate_and_log', 'stop_reason', 'agree_to_stop',
+           'end_epoch', 'checkpoint_due', 'plan_schedule', 'snapshot_due', 'run_epochs', 'check_resumable',
+           'resume_schedule', 'choose_dtype', 'plot_losses', 'summary_of', 'train', 'add_cli']
 
 # %% ../nbs/05_training.ipynb #3c4c5030
 @dataclass
@@ -89,9 +89,8 @@ class TrainConfig:
 
 # %% ../nbs/05_training.ipynb #8855d02d
 _POSITIVE = ('epochs', 'batch_size', 'learning_rate', 'muon_lr', 'grad_accum',
-             'eval_batches',
-             'checkpoint_every', 'block_size', 'n_layer', 'n_head', 'n_kv_head',
-             'n_embd')
+             'eval_batches', 'checkpoint_every', 'block_size', 'n_layer', 'n_head',
+             'n_kv_head', 'n_embd')
 _NON_NEGATIVE = ('dropout', 'warmup', 'min_lr', 'weight_decay', 'clip', 'eval_every',
                  'max_steps', 'steps')
 _SHAPE = ('block_size', 'n_layer', 'n_head', 'n_kv_head', 'n_embd')
@@ -120,9 +119,22 @@ def check_numbers(cfg: TrainConfig) -> None:
         raise MinillmError(f'--dropout must be below 1 (it is the share of activations '
                            f'zeroed), not {cfg.dropout}')
 
-# %% ../nbs/05_training.ipynb #297bf1f9
+# %% ../nbs/05_training.ipynb #c9a7f507
 OPTIMIZERS = ('muon', 'adamw')  # muon: Muon for the blocks' matrices, AdamW the rest
 
+def check_optimizer(cfg: TrainConfig) -> None:
+    "Refuse an optimizer minillm does not have, or Muon on a PyTorch without it."
+    if cfg.optimizer not in OPTIMIZERS:
+        raise MinillmError(
+            f'--optimizer must be one of {", ".join(OPTIMIZERS)}, not {cfg.optimizer!r}'
+        )
+    if cfg.optimizer == 'muon' and not hasattr(torch.optim, 'Muon'):
+        raise MinillmError(f'--optimizer muon needs PyTorch 2.9 or later (this is '
+                           f'{torch.__version__}); upgrade torch or use '
+                           f'--optimizer adamw')
+
+
+# %% ../nbs/05_training.ipynb #297bf1f9
 def check_config(cfg: TrainConfig) -> None:
     "Raise a one-line `MinillmError` (usage) for options that cannot work."
     check_numbers(cfg)
@@ -144,14 +156,7 @@ def check_config(cfg: TrainConfig) -> None:
         raise MinillmError(
             f'--schedule must be one of {", ".join(SCHEDULES)}, not {cfg.schedule!r}'
         )
-    if cfg.optimizer not in OPTIMIZERS:
-        raise MinillmError(
-            f'--optimizer must be one of {", ".join(OPTIMIZERS)}, not {cfg.optimizer!r}'
-        )
-    if cfg.optimizer == 'muon' and not hasattr(torch.optim, 'Muon'):
-        raise MinillmError(f'--optimizer muon needs PyTorch 2.9 or later (this is '
-                           f'{torch.__version__}); upgrade torch or use '
-                           f'--optimizer adamw')
+    check_optimizer(cfg)
     if cfg.max_time: parse_duration(cfg.max_time)
 
 # %% ../nbs/05_training.ipynb #282ba062
@@ -188,6 +193,8 @@ def orthogonalize(m, steps: int = 5, abc=(3.4445, -4.7750, 2.0315), eps: float =
         x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return x.T if m.size(0) > m.size(1) else x
 
+
+# %% ../nbs/05_training.ipynb #1f2d0c43
 class Muon(torch.optim.Muon):
     """torch.optim.Muon with the Newton-Schulz iteration in `ns_dtype`. PyTorch runs it
     in bfloat16, which a CPU without bfloat16 units emulates, 16 times slower."""
