@@ -185,13 +185,13 @@ def orthogonalize(m, steps: int = 5, abc=(3.4445, -4.7750, 2.0315), eps: float =
                   dtype=torch.float32):
     "About U V^T of m = U S V^T: PyTorch Muon's Newton-Schulz iterations, in `dtype`."
     a, b, c = abc
-    x = m.to(dtype)
-    if m.size(0) > m.size(1): x = x.T
+    tall = m.size(0) > m.size(1)            # work on the wide side: X X^T is smaller
+    x = m.to(dtype).T if tall else m.to(dtype)
     x = x.div(x.norm().clamp(min=eps))            # singular values at most 1
     for _ in range(steps):
         gram = x @ x.T
         x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if m.size(0) > m.size(1) else x
+    return x.T if tall else x
 
 
 # %% ../nbs/05_training.ipynb #1f2d0c43
