@@ -319,7 +319,7 @@ def test_every_import_the_pipeline_executes_is_a_runtime_requirement():
 
 CONFIGS = {'01_corpus': 'minillm.corpus.CorpusConfig', '02_tokenizer': 'minillm.tokenizer.TokenizerConfig',
            '05_training': 'minillm.training.TrainConfig', '06_generation': 'minillm.generation.ValidateConfig'}
-PAGE_SWITCHES = {'show_stats', 'show_benchmarks', 'show_demos'}  # what a page shows, not how a stage runs
+PAGE_SWITCHES = {'show_stats', 'show_benchmarks', 'show_demos', 'show_buildup'}  # what a page shows, not how a stage runs
 
 
 def _config(path: str):
