@@ -7,7 +7,7 @@ least 5x the speed of recomputing the whole context at every step, at 512 new to
     python benchmarks/generation_speed.py --no-compile --markdown  # eager only, the table of chapter 6
 
 Speed does not depend on what the weights learned, so the model is a randomly initialised `MiniLLM` of the
-preset's shape with the bundled tokenizer's vocabulary (4096). Every run is chapter 6's `next_tokens`
+preset's shape with the default tokenizer's vocabulary (1024). Every run is chapter 6's `next_tokens`
 (the loop `minillm generate` uses), greedy, after a 16-token prompt, for exactly `--new-tokens` tokens
 (no stop at end-of-text). Variants:
 - `cache`: the static key/value cache, the step run eagerly (the default of `minillm generate`);
@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe, header  # noqa: E402
 from minillm.generation import next_tokens
 from minillm.model import MODEL_PRESETS, ModelConfig, MiniLLM, count_params
+from minillm.tokenizer import DEFAULT_VOCAB_SIZE
 
 
 CLOCK = time.perf_counter
@@ -45,7 +46,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0], epilog=__doc__.split('\n', 3)[3],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--model', default='default', choices=list(MODEL_PRESETS))
-    p.add_argument('--vocab-size', type=int, default=4096)
+    p.add_argument('--vocab-size', type=int, default=DEFAULT_VOCAB_SIZE,
+                   help='the model\'s vocabulary (default: the tokenizer\'s default, %(default)s)')
     p.add_argument('--context', type=int, default=0, help='block_size; 0 keeps the preset\'s (128 for default)')
     p.add_argument('--threads', type=int, nargs='+', default=[2], help='torch threads to try (default 2)')
     p.add_argument('--new-tokens', type=int, default=512)
@@ -71,9 +73,10 @@ def main(argv=None) -> int:
     model = MiniLLM(cfg).eval()
     variants = ['cache'] + ([] if a.no_compile else ['compiled']) + ['recompute']
     print(header(describe(a.threads[0])))
-    print(f'{a.model} model, {count_params(cfg) / 1e6:.2f}M parameters, context {cfg.block_size}, '
+    print(f'{a.model} model, {count_params(cfg) / 1e6:.2f}M parameters, vocabulary {cfg.vocab_size}, '
+          f'context {cfg.block_size}, '
           f'{a.new_tokens} new tokens after 16, greedy')
-    res = dict(machine=describe(a.threads[0]), clock='thread CPU time' if a.cpu_time else 'wall', model=a.model, params=count_params(cfg), block_size=cfg.block_size,
+    res = dict(machine=describe(a.threads[0]), clock='thread CPU time' if a.cpu_time else 'wall', model=a.model, params=count_params(cfg), vocab_size=cfg.vocab_size, block_size=cfg.block_size,
                new_tokens=a.new_tokens, results=[])
     for threads in a.threads:
         torch.set_num_threads(threads)

@@ -103,7 +103,8 @@ def rope_tables(head_dim: int, n_pos: int, base: float = 10000.0, device=None):
 def apply_rope(x, cos, sin):
     "Rotate pairs (x[i], x[i + D/2]) of x (..., D) by angles cos, sin (..., D/2)."
     x1, x2 = x.chunk(2, dim=-1)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    # converting to the same dtype is still a call: skipped, it adds up when decoding
+    if cos.dtype != x.dtype: cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 # %% ../nbs/04_model.ipynb #3cd5bde4
@@ -120,9 +121,13 @@ class KVCache:
         self.max_len = max_len
 
     def advance(self, n_new: int):
-        "Reserve slots for n_new tokens; return their positions. Sets `at` and `mask`."
+        "Reserve n_new slots; return their positions. Sets `at`, `mask` and `bias`."
         self.at = self.pos + torch.arange(n_new, device=self.pos.device)
         self.mask = causal_mask(self.at, self.max_len)              # (n_new, max_len)
+        # the mask as attention adds it (0 seen, -inf hidden), made once for all the
+        # layers: SDPA would turn a boolean mask into this in every layer
+        self.bias = torch.full(self.mask.shape, float('-inf'), dtype=self.k[0].dtype,
+                               device=self.pos.device).masked_fill_(self.mask, 0.0)
         self.pos += n_new
         return self.at
 
@@ -157,7 +162,7 @@ class Attention(nn.Module):
         qk = apply_rope(qkv[:, :, :H + H_kv], cos[:, None], sin[:, None])
         q, k, v = qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + H_kv:]
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))            # (B, heads, T, D)
-        mask = None if cache is None else cache.mask                 # no cache: causal
+        mask = None if cache is None else cache.bias                 # no cache: causal
         if cache is not None: k, v = cache.update(layer, k, v)      # k, v: every slot
         drop = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop,
@@ -185,7 +190,8 @@ class Block(nn.Module):
         super().__init__()
         self.attn_norm, self.attn = RMSNorm(c.n_embd, c.norm_eps), Attention(c)
         self.mlp_norm, self.mlp = RMSNorm(c.n_embd, c.norm_eps), SwiGLU(c)
-        self.drop = nn.Dropout(c.dropout)
+        # no dropout (the default): Identity, not a Dropout(0) that still runs an op
+        self.drop = nn.Dropout(c.dropout) if c.dropout else nn.Identity()
 
     def forward(self, x, cos, sin, cache=None, layer=0):
         x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, cache, layer))
@@ -207,7 +213,7 @@ class MiniLLM(nn.Module):
         super().__init__()
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.n_embd)
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = nn.Dropout(c.dropout) if c.dropout else nn.Identity()  # as in Block
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
         self.norm = RMSNorm(c.n_embd, c.norm_eps)
         self.lm_head = (None if c.tie_embeddings else
