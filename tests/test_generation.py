@@ -281,6 +281,17 @@ def test_cli_generate_streams_and_json(trained):
     assert code == 0 and r['tokens'] == len(r['token_ids']) and r['tokens_per_s'] > 0
 
 
+def test_cli_generate_compile_reaches_the_decode_step(trained, monkeypatch):
+    "--compile asks next_tokens for the compiled step (off by default); the greedy text is the same either way."
+    import minillm.generation as g
+    seen, real = [], g.decode_steps
+    monkeypatch.setattr(g, 'decode_steps', lambda m, c, compile=False: seen.append(compile) or real(m, c))
+    args = ['generate', '--checkpoint', str(trained), '--prompt', 'The dog', '--max-new-tokens', '12',
+            '--temperature', '0', '--json']
+    outs = [json.loads(run_cli(args + extra)[1])['token_ids'] for extra in ([], ['--compile'])]
+    assert seen == [False, True] and outs[0] == outs[1]
+
+
 def test_cli_interactive(trained):
     p = subprocess.run([sys.executable, '-m', 'minillm', 'generate', '--checkpoint', str(trained), '--interactive',
                         '--max-new-tokens', '5', '--temperature', '0'], input='The cat\nThe dog\n\n', capture_output=True, text=True, timeout=120)
