@@ -14,6 +14,7 @@ second of each and their ratio.
     git clone https://github.com/karpathy/nanoGPT /tmp/nanogpt
     python benchmarks/vs_nanogpt.py /tmp/nanogpt --text input.txt           # Tiny Shakespeare
     python benchmarks/vs_nanogpt.py /tmp/nanogpt --text input.txt --compile # also minillm compiled
+    python benchmarks/vs_nanogpt.py /tmp/nanogpt --text input.txt --bf16    # also bfloat16 autocast
     python benchmarks/vs_nanogpt.py /tmp/nanogpt --text input.txt --threads 1 --json out.json
 
 How each figure is taken, the same way for both:
@@ -26,7 +27,9 @@ How each figure is taken, the same way for both:
   the real loop's step (`get_batch` from the memory-mapped shard, `lr_at`, `train_step`, the loss
   summed on the device), timing every step; the figure is the median over the same iterations.
   With `--compile` a third process does the same with the model compiled as `minillm train
-  --compile` does, and reports its compile time (the first step) apart;
+  --compile` does, and reports its compile time (the first step) apart. With `--bf16` another runs
+  the eager step in bfloat16 autocast, as `minillm train` does where its probe finds bfloat16 faster
+  (CPUs with AMX or AVX512-BF16);
 - both processes get the same number of threads (`OMP_NUM_THREADS`, `--threads`).
 """
 import argparse, json, os, pickle, re, statistics, subprocess, sys, tempfile, time
@@ -77,16 +80,17 @@ def run_nanogpt(repo: Path, work: Path, steps: int, env: dict) -> list[float]:
     return [float(ms) for ms in re.findall(r'^iter \d+: loss [\d.]+, time ([\d.]+)ms', r.stdout, re.M)]
 
 
-def run_minillm(data: Path, vocab: int, steps: int, compile: bool, env: dict) -> dict:
+def run_minillm(data: Path, vocab: int, steps: int, compile: bool, env: dict, dtype='float32') -> dict:
     "Time minillm's training step in a fresh process (see `worker`); its per-step ms."
-    cmd = [sys.executable, __file__, '--worker', str(data), '--vocab', str(vocab), '--steps', str(steps)]
+    cmd = [sys.executable, __file__, '--worker', str(data), '--vocab', str(vocab), '--steps', str(steps),
+           '--dtype', dtype]
     cmd += ['--compile'] if compile else []
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if r.returncode: raise RuntimeError(f'minillm failed ({r.returncode}):\n{r.stderr[-2000:]}')
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def worker(data: Path, vocab: int, steps: int, compile: bool) -> dict:
+def worker(data: Path, vocab: int, steps: int, compile: bool, dtype: str = 'float32') -> dict:
     "The real training loop's step at nanoGPT's shape on the character shard: ms per step."
     import torch
     from minillm.model import MiniLLM, ModelConfig, compiled
@@ -109,7 +113,7 @@ def worker(data: Path, vocab: int, steps: int, compile: bool) -> dict:
     for step in range(steps):
         t0 = time.perf_counter()
         x, y = get_batch(train, order[step * B:(step + 1) * B], T)
-        loss_acc += train_step(net, opt, [(x, y)], lr_at(step, steps, cfg), cfg, cpu, 'float32')
+        loss_acc += train_step(net, opt, [(x, y)], lr_at(step, steps, cfg), cfg, cpu, dtype)
         times.append((time.perf_counter() - t0) * 1e3)
     return dict(times_ms=times, final_loss=float(loss_acc) / steps, threads=torch.get_num_threads())
 
@@ -124,13 +128,15 @@ def main(argv=None) -> int:
     p.add_argument('--skip', type=int, default=10, help='first iterations not timed (default 10)')
     p.add_argument('--threads', type=int, default=2, help='torch/OpenMP threads for both (default 2)')
     p.add_argument('--compile', action='store_true', help='also time minillm compiled (minillm train --compile)')
+    p.add_argument('--bf16', action='store_true', help='also time minillm eager in bfloat16 autocast')
     p.add_argument('--json', type=Path, help='also write the results here')
+    p.add_argument('--dtype', default='float32', help=argparse.SUPPRESS)
     p.add_argument('--worker', type=Path, help=argparse.SUPPRESS)
     p.add_argument('--steps', type=int, help=argparse.SUPPRESS)
     p.add_argument('--vocab', type=int, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
-        print(json.dumps(worker(a.worker, a.vocab, a.steps, a.compile))); return 0
+        print(json.dumps(worker(a.worker, a.vocab, a.steps, a.compile, a.dtype))); return 0
     if not a.nanogpt or not (a.nanogpt / 'train.py').is_file() or not a.text or not a.text.is_file():
         p.error('give a nanoGPT checkout (holding train.py) and --text input.txt')
     steps = a.skip + a.iters
@@ -140,7 +146,8 @@ def main(argv=None) -> int:
                 rounds=a.rounds, iters=a.iters, skip=a.skip)
     print(header(info)); print(f'nanoGPT {info["nanogpt_commit"]} at {a.nanogpt}')
     tokens = SHAPE['batch_size'] * SHAPE['block_size']
-    runs = {'nanogpt': [], 'minillm': []} | ({'minillm_compiled': []} if a.compile else {})
+    runs = ({'nanogpt': [], 'minillm': []} | ({'minillm_compiled': []} if a.compile else {})
+            | ({'minillm_bf16': []} if a.bf16 else {}))
     compile_s = []
     with tempfile.TemporaryDirectory(prefix='vs_nanogpt_') as tmp:
         work = Path(tmp); data = work / 'data' / 'shakespeare_char'
@@ -152,7 +159,8 @@ def main(argv=None) -> int:
                 t0 = time.perf_counter()
                 if name == 'nanogpt': ms = run_nanogpt(a.nanogpt, work, steps, env)
                 else:
-                    out = run_minillm(data, vocab, steps, name == 'minillm_compiled', env)
+                    out = run_minillm(data, vocab, steps, name == 'minillm_compiled', env,
+                                      'bfloat16' if name == 'minillm_bf16' else 'float32')
                     ms = out['times_ms']
                     if name == 'minillm_compiled': compile_s.append(ms[0] / 1e3)
                 med, n = median_of(ms, a.skip, a.iters)
@@ -172,6 +180,9 @@ def main(argv=None) -> int:
         res['compile_s'] = compile_s
         print(f'minillm compiled {med["minillm_compiled"]:,.0f} tok/s: ratio {res["ratio_compiled"]:.2f}x; '
               f'compile (first step) {", ".join(f"{s:.1f}" for s in compile_s)} s (the first round may be cold)')
+    if a.bf16:
+        res['ratio_bf16'] = med['minillm_bf16'] / med['nanogpt']
+        print(f'minillm bfloat16 autocast {med["minillm_bf16"]:,.0f} tok/s: ratio {res["ratio_bf16"]:.2f}x')
     if a.json: a.json.write_text(json.dumps(res, indent=1))
     return 0
 
