@@ -42,7 +42,7 @@ def split_bytes(manifest: dict, split: str) -> int:
 
 # %% ../nbs/02_tokenizer.ipynb #4085611c
 # chosen by training the default model at the pipeline's budget (end of page)
-DEFAULT_VOCAB_SIZE = 1024
+DEFAULT_VOCAB_SIZE = 2048
 # <unk> <s> </s> <pad>, fixed for every model
 SPECIAL_IDS = dict(unk_id=0, bos_id=1, eos_id=2, pad_id=3)
 # a newline is one token of its own and never part of a bigger piece

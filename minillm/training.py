@@ -46,7 +46,7 @@ class TrainConfig:
     # fits
     steps: int = 0
     # sequences per optimizer step (over all processes and accumulation steps)
-    batch_size: int = 8
+    batch_size: int = 16
     learning_rate: float = 3e-3   # peak learning rate after warmup
     block_size: int | None = None # context length (default: the preset's)
     model: str = 'default'        # model shape: a preset of chapter 4's MODEL_PRESETS
@@ -64,7 +64,7 @@ class TrainConfig:
     warmup: int = 30              # linear warmup steps
     # the decay after warmup: cosine, linear, or wsd (flat, then linear over the last
     # 20%)
-    schedule: str = 'cosine'
+    schedule: str = 'linear'
     # learning rate at the schedule's last step (0: anneal all the way)
     min_lr: float = 0.0
     # decay of the weight matrices (never of norms and embeddings)
