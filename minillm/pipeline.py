@@ -34,7 +34,7 @@ __all__ = ['PHASES', 'PIPELINE_SETS', 'REQUIRED_PACKAGES', 'KERNEL_NAME', 'Pipel
 class PipelineConfig(TrainConfig):
     """Everything one `minillm pipeline` run needs: every training option of chapter 5,
     and the pipeline's own."""
-    # passes over the training tokens: the same model on every machine, about 6 minutes
+    # passes over the training tokens: the same model on every machine, about 8 minutes
     # on 2 cores for the bundled corpus
     epochs: int = 3
     # at most this much training, e.g. 4m or 1h30m (a bigger corpus): the schedule is

@@ -55,8 +55,9 @@ def error_line(stderr: str) -> str:
     return lines[-1] if lines else ''
 
 # %% ../nbs/10_reliability.ipynb #4c7f1a2d
-# the smallest model, for bad inputs
-TINY = dict(model='tiny', n_layer=1, n_embd=32, n_head=2, block_size=16)
+# the smallest model, for bad inputs: TINY and TRAIN_ARGS are the same options (a
+# checkpoint made with one resumes under the other)
+TINY = dict(model='tiny', n_layer=1, n_embd=32, n_head=2, block_size=16, batch_size=8)
 TRAIN_ARGS = ['--model', 'tiny', '--n-layer', '1', '--n-embd', '32', '--n-head', '2',
               '--block-size', '16',
               '--batch-size', '8', '--dtype', 'float32', '--device', 'cpu', '--quiet']
