@@ -9,7 +9,7 @@ import torch
 from helpers import ENV, run_process, same_weights, weights
 from minillm.core import main, ExitCode
 from minillm.testing import TRAIN_ARGS, run_cli, write_shards
-from minillm.training import TrainConfig, train
+from minillm.training import TrainConfig, lr_at, train
 
 TINY = [*TRAIN_ARGS, '--warmup', '10', '--learning-rate', '3e-3', '--eval-batches', '2']  # the bad inputs' tiny model, learning
 
@@ -73,7 +73,11 @@ def test_a_time_budget_plans_the_schedule_and_ends_annealed(shards, tmp_path):
     assert s['status'] == 'complete' and 0 < s['steps'] == s['total_steps'] < 31_000
     assert s['elapsed_s'] < 3 + 15   # never cut off: a run stops only 15 s past its budget (the overrun rule)
     metrics = [json.loads(l) for l in (out / 'metrics.jsonl').read_text().splitlines()]
-    assert metrics[-1]['step'] == s['steps'] and metrics[-1]['lr'] == pytest.approx(0, abs=1e-5)  # annealed
+    # annealed: the last step runs at the schedule's last rate (peak 3e-3 after 10 warmup steps, linear to 0
+    # by default), and the step after it would be at 0
+    last = lr_at(s['steps'] - 1, s['steps'], TrainConfig(learning_rate=3e-3, warmup=10))
+    assert metrics[-1]['step'] == s['steps'] and metrics[-1]['lr'] == pytest.approx(last, rel=1e-6)
+    assert last <= 3e-3 / (s['steps'] - 10) * 1.001 and lr_at(s['steps'], s['steps'], TrainConfig()) == 0
     assert json.loads((out / 'checkpoints' / 'last' / 'state.json').read_text())['total_steps'] == s['steps']
     # the same budget again: nothing to do, and it says how to go on
     again = cli(*base, '--resume', '--max-time', '3s')
