@@ -7,14 +7,14 @@ least 5x the speed of recomputing the whole context at every step, at 512 new to
     python benchmarks/generation_speed.py --no-compile --markdown  # eager only, the table of chapter 6
 
 Speed does not depend on what the weights learned, so the model is a randomly initialised `MiniLLM` of the
-preset's shape with the default tokenizer's vocabulary (1024). Every run is chapter 6's `next_tokens`
+preset's shape with the default tokenizer's vocabulary (2048). Every run is chapter 6's `next_tokens`
 (the loop `minillm generate` uses), greedy, after a 16-token prompt, for exactly `--new-tokens` tokens
 (no stop at end-of-text). Variants:
 - `cache`: the static key/value cache, the step run eagerly (the default of `minillm generate`);
 - `compiled`: the same with the one-token step compiled (`next_tokens(..., compile=True)`);
 - `recompute`: no cache: every step runs the model over the last `block_size` tokens.
-With the default context of 128 the cache slides (chapter 6) and recomputing never processes more than
-128 tokens a step; `--context 513` gives the model room for all 512 new tokens, so recomputing reprocesses
+With the default context of 64 the cache slides (chapter 6) and recomputing never processes more than
+64 tokens a step; `--context 513` gives the model room for all 512 new tokens, so recomputing reprocesses
 the whole text each step (the speed-up the cache is usually quoted with). The variants alternate for
 `--rounds` rounds; figures are medians. The first compiled run pays for compiling; it is reported apart
 and not counted (a warm on-disk cache makes it seconds, an empty one tens of seconds).
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     p.add_argument('--model', default='default', choices=list(MODEL_PRESETS))
     p.add_argument('--vocab-size', type=int, default=DEFAULT_VOCAB_SIZE,
                    help='the model\'s vocabulary (default: the tokenizer\'s default, %(default)s)')
-    p.add_argument('--context', type=int, default=0, help='block_size; 0 keeps the preset\'s (128 for default)')
+    p.add_argument('--context', type=int, default=0, help='block_size; 0 keeps the preset\'s (64 for default)')
     p.add_argument('--threads', type=int, nargs='+', default=[2], help='torch threads to try (default 2)')
     p.add_argument('--new-tokens', type=int, default=512)
     p.add_argument('--batch', type=int, nargs='+', default=[1])
