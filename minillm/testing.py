@@ -17,7 +17,8 @@ from .corpus import BUNDLED_DIR, build_corpus
 from .model import MiniLLM
 from .tokenizer import train_tokenizer
 from .checkpoint import save_checkpoint
-from .training import LoopState, TrainConfig, make_optimizer, model_config
+from .training import (LoopState, TrainConfig, _cli_flag, make_optimizer,
+                             model_config)
 
 # %% auto #0
 __all__ = ['TINY', 'TRAIN_ARGS', 'SHORTHANDS', 'CONTENTS', 'SETUP_STEPS', 'BAD_INPUTS', 'malicious_pickle', 'Ran', 'run_cli',
@@ -55,12 +56,12 @@ def error_line(stderr: str) -> str:
     return lines[-1] if lines else ''
 
 # %% ../nbs/10_reliability.ipynb #4c7f1a2d
-# the smallest model, for bad inputs: TINY and TRAIN_ARGS are the same options (a
-# checkpoint made with one resumes under the other)
-TINY = dict(model='tiny', n_layer=1, n_embd=32, n_head=2, block_size=16, batch_size=8)
-TRAIN_ARGS = ['--model', 'tiny', '--n-layer', '1', '--n-embd', '32', '--n-head', '2',
-              '--block-size', '16',
-              '--batch-size', '8', '--dtype', 'float32', '--device', 'cpu', '--quiet']
+# the smallest model, for bad inputs: one set of options, as `TrainConfig` fields (TINY)
+# and as the command line (TRAIN_ARGS), so a checkpoint made with one resumes under the
+# other
+TINY = dict(model='tiny', n_layer=1, n_embd=32, n_head=2, block_size=16, batch_size=8,
+            dtype='float32', device='cpu')
+TRAIN_ARGS = [a for k, v in TINY.items() for a in (_cli_flag(k), str(v))] + ['--quiet']
 
 def write_shards(d, n_train: int = 4000, n_val: int = 600, seed: int = 0,
                  tokenizer: bytes = b'stand-in tokenizer') -> Path:
@@ -91,7 +92,7 @@ def write_checkpoint(out, vocab_size: int = 64,
                      name: str = 'last') -> Path:
     """`out/checkpoints/NAME` as `minillm train` writes it, for an untrained tiny model;
     return its path."""
-    cfg, cpu = TrainConfig(**TINY, dtype='float32', device='cpu'), torch.device('cpu')
+    cfg, cpu = TrainConfig(**TINY), torch.device('cpu')
     torch.manual_seed(0); model = MiniLLM(model_config(cfg, vocab_size))
     ck = Path(out)/'checkpoints'; ck.mkdir(parents=True, exist_ok=True)
     d = save_checkpoint(ck, name, model, make_optimizer(model, cfg, cpu),
