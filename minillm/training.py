@@ -25,7 +25,7 @@ from .tokenizer import load_shard, check_shards
 __all__ = ['OPTIMIZERS', 'SCHEDULES', 'CALIBRATION', 'RUN_DEFINING', 'TrainConfig', 'check_numbers', 'check_optimizer',
            'check_config', 'epoch_windows', 'get_batch', 'bits_per_byte', 'orthogonalize', 'Muon', 'Optimizers',
            'make_optimizer', 'lr_at', 'pick_device', 'autocast', 'measure_dtype', 'cpu_has_bf16', 'model_config',
-           'check_data', 'init_distributed', 'ranks_in_sync', 'evaluate_loss', 'train_step', 'fastest_threads',
+           'check_data', 'init_distributed', 'ranks_in_sync', 'evaluate_loss', 'train_step', 'ThreadChooser',
            'StopFlag', 'resolve_start', 'RunSpec', 'plan_run', 'LoopState', 'fixed_length', 'steps_in_budget',
            'plan_text', 'micro_batches', 'Session', 'open_session', 'take_step', 'check_finite', 'fold_loss', 'save',
            'schedule_end', 'evaluation_due', 'metrics_line', 'evaluate_and_log', 'stop_reason', 'agree_to_stop',
@@ -438,18 +438,55 @@ def train_step(model, opt, batches, lr: float, cfg: TrainConfig, device,
     opt.step(); opt.zero_grad(set_to_none=True)  # None, not zeros: no pass over memory
     return total
 
-def fastest_threads(step, counts=None, repeats: int = 2) -> int:
-    "Time `step()` on 1 thread, then on all cores; set torch to the faster; return it."
-    cores = os.cpu_count() if not hasattr(os, 'sched_getaffinity') else \
-            len(os.sched_getaffinity(0))
-    seconds = {}
-    for n in counts or sorted({1, cores}):
-        torch.set_num_threads(n); step()              # a first step warms the count up
-        t0 = time.perf_counter()
-        for _ in range(repeats): step()
-        seconds[n] = time.perf_counter() - t0
-    torch.set_num_threads(best := min(seconds, key=seconds.get))
-    return best
+# %% ../nbs/05_training.ipynb #28d99e7d
+class ThreadChooser:
+    """Chooses how many CPU threads the steps use by timing the steps themselves. A
+    probe runs `probe` steps on one thread, then `probe` on `most` (each count after an
+    untimed step, as it warms up), and keeps all `most` unless one thread is clearly
+    faster. It probes at the start, every `every_s` seconds (sooner while on one
+    thread, in case the load has gone), and when three steps in a row turn three times
+    slower."""
+    def __init__(self, most: int, probe: int = 3, every_s: float = 60.0,
+                 clock=time.perf_counter):
+        self.counts = [1, most] if most > 1 else []  # nothing to choose: inactive
+        self.k, self.every_s, self.clock = probe + 1, every_s, clock  # k: steps a count
+        self.best, self.at, self.times, self.ref, self.slow = most, 0, {}, 0.0, 0
+        self.last, self.wait, self.ones = clock(), every_s, 0  # ones: 1-thread verdicts
+
+    @property
+    def probe_steps(self) -> int: return self.k * len(self.counts)
+
+    def before_step(self) -> None:
+        "Set the thread count for the step about to run (during a probe)."
+        if self.counts and self.at >= 0:
+            torch.set_num_threads(self.counts[self.at // self.k])
+
+    def after_step(self, seconds: float) -> str | None:
+        "Take a step's time; after a probe keep the faster count (a line if changed)."
+        if not self.counts: return None
+        if self.at < 0:                              # between probes: watch
+            self.slow = self.slow + 1 if seconds > 3 * self.ref else 0
+            if self.slow >= 3 or self.clock() - self.last >= self.wait: self.at = 0
+            return None
+        n, timed = self.counts[self.at // self.k], self.at % self.k  # 0: warm-up step
+        if timed: self.times.setdefault(n, []).append(seconds)
+        self.at += 1
+        one = sorted(self.times.get(1, [1e9]))[len(self.times.get(1, [])) // 2]
+        if timed and n > 1 and seconds > 3 * one: self.at = self.probe_steps  # no doubt
+        if self.at < self.probe_steps: return None
+        med = {n: sorted(t)[len(t) // 2] for n, t in self.times.items()}
+        most = max(self.counts)
+        best = 1 if med[1] * 1.25 < med[most] else most  # worth leaving all?
+        torch.set_num_threads(best)
+        self.ones = self.ones + 1 if best == 1 else 0
+        self.wait = self.every_s if best == most else min(
+            self.every_s * 4, self.every_s / 4 * 2 ** (self.ones - 1))  # 15 s, 30 s ...
+        changed, self.best, self.ref = best != self.best, best, med[best]
+        self.at, self.times, self.slow, self.last = -1, {}, 0, self.clock()
+        if not changed: return None
+        why = 'the cores are busy' if best < most else 'the cores are free'
+        took = ', '.join(f'{t:.3f} s on {n}' for n, t in med.items())
+        return f'threads: {best} from now on (a step took {took}): {why}'
 
 # %% ../nbs/05_training.ipynb #ad238832
 class StopFlag:
@@ -646,6 +683,7 @@ class Session:
     last_tokens: int = 0          # the tokens seen then
     first_step: int = 0           # the state's global step when this process started
     t_calibrate: float = 0.0      # when the timed steps of the calibration began
+    threads: ThreadChooser | None = None  # picks the CPU threads (None: nothing to pick)
 
 # %% ../nbs/05_training.ipynb #c2411b81
 def open_session(run: RunSpec, model, opt, state: LoopState, train_data,
@@ -659,9 +697,12 @@ def open_session(run: RunSpec, model, opt, state: LoopState, train_data,
     bar = _progress(state.total_steps or run.epoch_steps, state.global_step,
                     run.cfg.progress and run.rank == 0)
     now = time.time()
+    # on a CPU, alone: choose the threads by measurement (a GPU or DDP: leave them)
+    chooser = (ThreadChooser(torch.get_num_threads())
+               if run.device.type == 'cpu' and run.world == 1 else None)
     return Session(model, net, opt, train_data, val_data, bar,
                    torch.zeros((), device=run.device), now, state.elapsed, now,
-                   state.tokens, state.global_step)
+                   state.tokens, state.global_step, threads=chooser)
 
 # %% ../nbs/05_training.ipynb #72e5e6ff
 def take_step(run: RunSpec, state: LoopState, s: Session, order: np.ndarray) -> float:
@@ -669,8 +710,11 @@ def take_step(run: RunSpec, state: LoopState, s: Session, order: np.ndarray) -> 
     # not planned yet: inside warmup
     lr = lr_at(state.global_step, state.total_steps or run.epoch_steps, run.cfg)
     batches = micro_batches(run, s.train_data, order, state.step)
+    if s.threads: s.threads.before_step(); t0 = time.perf_counter()
     s.loss_acc += train_step(s.net, s.opt, batches, lr, run.cfg, run.device,
                              state.dtype)
+    if s.threads and (line := s.threads.after_step(time.perf_counter() - t0)):
+        _log(line, run.rank, s.bar)
     state.step += 1; state.global_step += 1; state.loss_count += 1
     state.tokens += run.cfg.batch_size * run.mc.block_size
     s.bar.update(1)
@@ -808,7 +852,8 @@ def checkpoint_due(run: RunSpec, state: LoopState) -> bool:
 def plan_schedule(run: RunSpec, state: LoopState, s: Session) -> None:
     """Time the first steps of this process; then fix the schedule's length if the
     budget decides it, and say so."""
-    n = state.global_step - s.first_step
+    # after the thread chooser's first probe, on the threads it chose
+    n = state.global_step - s.first_step - (s.threads.probe_steps if s.threads else 0)
     if n == CALIBRATION[0]: s.t_calibrate = time.time()
     # not yet, or this process started mid-calibration
     if n != sum(CALIBRATION) or not s.t_calibrate: return

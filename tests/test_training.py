@@ -356,7 +356,7 @@ def test_resume_refuses_options_that_change_the_run(shards, finished_run):
 def test_train_step_accumulates_micro_batches_as_one_batch():
     "Two micro-batches of 4 step the weights as one batch of 8 does (the loss of each is halved)."
     from minillm.model import MiniLLM, ModelConfig
-    from minillm.training import make_optimizer, train_step, fastest_threads
+    from minillm.training import make_optimizer, train_step
     cfg, cpu = TrainConfig(batch_size=8, clip=1.0), torch.device('cpu')
     x = torch.randint(0, VOCAB, (8, 16))
     after = []
@@ -369,6 +369,27 @@ def test_train_step_accumulates_micro_batches_as_one_batch():
         after.append((loss, [p.detach().clone() for p in m.parameters()]))
     torch.testing.assert_close(after[1][0], after[0][0])
     for a, b in zip(after[0][1], after[1][1]): torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+
+
+def test_the_thread_chooser_runs_inside_train_and_changes_no_result(shards, tmp_path, monkeypatch):
+    """On two threads, `train` probes one and two threads with its own steps (ThreadChooser) and keeps the faster;
+    the weights match a one-thread run's (the count changes how work is split, not the arithmetic)."""
+    import minillm.training as tr
+    made, real = [], tr.ThreadChooser
+    def spy(most, **kw):
+        made.append(c := real(most, probe=2, every_s=0.0, **kw)); return c   # probe after every probe
+    monkeypatch.setattr(tr, 'ThreadChooser', spy)
+    args = dict(data_dir=str(shards), epochs=1, batch_size=8, learning_rate=3e-3, model='tiny', n_layer=1, n_embd=32,
+                n_head=2, block_size=16, device='cpu', dtype='float32', warmup=5, eval_every=0, progress=False)
     n = torch.get_num_threads()
-    try: assert fastest_threads(lambda: train_step(m, opt, [(x, x)], 1e-3, cfg, cpu, 'float32'), counts=[1]) == 1
+    try:
+        runs = {}
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            s = train(TrainConfig(out_dir=str(tmp_path / f't{threads}'), **args))
+            assert s['status'] == 'complete' and s['steps'] == 4000 // 16 // 8
+            runs[threads] = weights(tmp_path / f't{threads}')
     finally: torch.set_num_threads(n)
+    assert made[0].counts == [] and made[1].counts == [1, 2]       # one thread: nothing to choose
+    assert made[1].best in (1, 2) and made[1].ref > 0                # it probed and chose
+    for k in runs[1]: torch.testing.assert_close(runs[2][k], runs[1][k], atol=1e-5, rtol=1e-4)
