@@ -27,9 +27,19 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe, header  # noqa: E402
 
-SHAPES = {  # name: (vocab, context, batch), 4 layers, 4 heads, width 128
-    'nano': (65, 64, 12),        # nanoGPT's CPU recipe (characters)
-    'default': (4096, 128, 32),  # minillm's default model and batch
+def _default_shape() -> tuple:
+    "minillm's default model, vocabulary and batch, read from the library (not re-typed here)."
+    from minillm.model import MODEL_PRESETS
+    from minillm.tokenizer import DEFAULT_VOCAB_SIZE
+    from minillm.training import TrainConfig
+    p = MODEL_PRESETS['default']
+    return (DEFAULT_VOCAB_SIZE, p['block_size'], TrainConfig().batch_size,
+            {k: p[k] for k in ('n_layer', 'n_head', 'n_kv_head', 'n_embd')})
+
+
+SHAPES = {  # name: (vocab, context, batch, blocks)
+    'nano': (65, 64, 12, dict(n_layer=4, n_head=4, n_kv_head=4, n_embd=128)),  # nanoGPT's CPU recipe
+    'default': _default_shape(),  # minillm's default model and batch (today 2 blocks of width 128)
 }
 
 
@@ -38,8 +48,8 @@ def worker(shape: str, variant: str, steps: int, skip: int, peak: bool, cpu_time
     import torch
     from minillm.model import MiniLLM, ModelConfig, compiled, flops_per_token
     from minillm.training import TrainConfig, epoch_windows, get_batch, lr_at, make_optimizer, train_step
-    vocab, T, B = SHAPES[shape]
-    mc = ModelConfig(vocab_size=vocab, block_size=T, n_layer=4, n_head=4, n_kv_head=4, n_embd=128)
+    vocab, T, B, blocks = SHAPES[shape]
+    mc = ModelConfig(vocab_size=vocab, block_size=T, **blocks)
     cfg = TrainConfig(batch_size=B, learning_rate=1e-3, warmup=10)
     cpu = torch.device('cpu')
     torch.manual_seed(0)
@@ -128,7 +138,7 @@ def main(argv=None) -> int:
                 shape, variant, threads, policy = c
                 out = run(shape, variant, threads, policy, a.steps, a.skip, peak=True, cpu_time=a.cpu_time)
                 med = statistics.median(out['times_ms'][a.skip:])
-                vocab, T, B = SHAPES[shape]
+                vocab, T, B, _ = SHAPES[shape]
                 tps = B * T / med * 1e3
                 runs[c].append(dict(tokens_per_s=tps, median_ms=med, mfu=tps * out['flops_per_token'] / out['peak_flops'],
                                     peak_gflops=out['peak_flops'] / 1e9))
