@@ -484,9 +484,8 @@ class ThreadChooser:
         changed, self.best, self.ref = best != self.best, best, med[best]
         self.at, self.times, self.slow, self.last = -1, {}, 0, self.clock()
         if not changed: return None
-        why = 'the cores are busy' if best < most else 'the cores are free'
-        took = ', '.join(f'{t:.3f} s on {n}' for n, t in med.items())
-        return f'threads: {best} from now on (a step took {took}): {why}'
+        took = ' and '.join(f'{t:.3f} s on {n}' for n, t in med.items())
+        return f'threads: {best} from now on (a step took {took})'
 
 # %% ../nbs/05_training.ipynb #ad238832
 class StopFlag:
@@ -1130,7 +1129,10 @@ def _train_locked(run: RunSpec) -> dict:
              f'training time) or a larger --steps', run.rank)
     s = open_session(run, model, opt, state, train_data, val_data)
     s.net.train()
-    return _finish(run, state, model, run_epochs(run, state, s))
+    threads = torch.get_num_threads()
+    try: stopped = run_epochs(run, state, s)
+    finally: torch.set_num_threads(threads)  # the chooser's count was for this run only
+    return _finish(run, state, model, stopped)
 
 # %% ../nbs/05_training.ipynb #402bd945
 def train(config: TrainConfig) -> dict:

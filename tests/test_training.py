@@ -389,6 +389,7 @@ def test_the_thread_chooser_runs_inside_train_and_changes_no_result(shards, tmp_
             s = train(TrainConfig(out_dir=str(tmp_path / f't{threads}'), **args))
             assert s['status'] == 'complete' and s['steps'] == 4000 // 16 // 8
             runs[threads] = weights(tmp_path / f't{threads}')
+            assert torch.get_num_threads() == threads                   # the caller's count comes back
     finally: torch.set_num_threads(n)
     assert made[0].counts == [] and made[1].counts == [1, 2]       # one thread: nothing to choose
     assert made[1].best in (1, 2) and made[1].ref > 0                # it probed and chose
