@@ -461,31 +461,35 @@ class ThreadChooser:
         if self.counts and self.at >= 0:
             torch.set_num_threads(self.counts[self.at // self.k])
 
-    def after_step(self, seconds: float) -> str | None:
-        "Take a step's time; after a probe keep the faster count (a line if changed)."
-        if not self.counts: return None
-        if self.at < 0:                              # between probes: watch
-            self.slow = self.slow + 1 if seconds > 3 * self.ref else 0
-            if self.slow >= 3 or self.clock() - self.last >= self.wait: self.at = 0
-            return None
-        n, timed = self.counts[self.at // self.k], self.at % self.k  # 0: warm-up step
-        if timed: self.times.setdefault(n, []).append(seconds)
-        self.at += 1
-        one = sorted(self.times.get(1, [1e9]))[len(self.times.get(1, [])) // 2]
-        if timed and n > 1 and seconds > 3 * one: self.at = self.probe_steps  # no doubt
-        if self.at < self.probe_steps: return None
-        med = {n: sorted(t)[len(t) // 2] for n, t in self.times.items()}
-        most = max(self.counts)
-        best = 1 if med[1] * 1.25 < med[most] else most  # worth leaving all?
-        torch.set_num_threads(best)
-        self.ones = self.ones + 1 if best == 1 else 0
-        self.wait = self.every_s if best == most else min(
-            self.every_s * 4, self.every_s / 4 * 2 ** (self.ones - 1))  # 15 s, 30 s ...
-        changed, self.best, self.ref = best != self.best, best, med[best]
-        self.at, self.times, self.slow, self.last = -1, {}, 0, self.clock()
-        if not changed: return None
-        took = ' and '.join(f'{t:.3f} s on {n}' for n, t in med.items())
-        return f'threads: {best} from now on (a step took {took})'
+# %% ../nbs/05_training.ipynb #47efeb97
+from fastcore.basics import patch
+
+@patch
+def after_step(self: ThreadChooser, seconds: float) -> str | None:
+    "Take a step's time; after a probe keep the faster count (a line if changed)."
+    if not self.counts: return None
+    if self.at < 0:                              # between probes: watch
+        self.slow = self.slow + 1 if seconds > 3 * self.ref else 0
+        if self.slow >= 3 or self.clock() - self.last >= self.wait: self.at = 0
+        return None
+    n, timed = self.counts[self.at // self.k], self.at % self.k  # 0: warm-up step
+    if timed: self.times.setdefault(n, []).append(seconds)
+    self.at += 1
+    one = sorted(self.times.get(1, [1e9]))[len(self.times.get(1, [])) // 2]
+    if timed and n > 1 and seconds > 3 * one: self.at = self.probe_steps  # no doubt
+    if self.at < self.probe_steps: return None
+    med = {n: sorted(t)[len(t) // 2] for n, t in self.times.items()}
+    most = max(self.counts)
+    best = 1 if med[1] * 1.25 < med[most] else most  # worth leaving all?
+    torch.set_num_threads(best)
+    self.ones = self.ones + 1 if best == 1 else 0
+    self.wait = self.every_s if best == most else min(
+        self.every_s * 4, self.every_s / 4 * 2 ** (self.ones - 1))  # 15 s, 30 s ...
+    changed, self.best, self.ref = best != self.best, best, med[best]
+    self.at, self.times, self.slow, self.last = -1, {}, 0, self.clock()
+    if not changed: return None
+    took = ' and '.join(f'{t:.3f} s on {n}' for n, t in med.items())
+    return f'threads: {best} from now on (a step took {took})'
 
 # %% ../nbs/05_training.ipynb #ad238832
 class StopFlag:
@@ -682,7 +686,7 @@ class Session:
     last_tokens: int = 0          # the tokens seen then
     first_step: int = 0           # the state's global step when this process started
     t_calibrate: float = 0.0      # when the timed steps of the calibration began
-    threads: ThreadChooser | None = None  # picks the CPU threads (None: nothing to pick)
+    threads: ThreadChooser | None = None  # picks CPU threads (None: nothing to pick)
 
 # %% ../nbs/05_training.ipynb #c2411b81
 def open_session(run: RunSpec, model, opt, state: LoopState, train_data,
