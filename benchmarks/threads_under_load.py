@@ -2,9 +2,9 @@
 while other programs keep cores busy.
 
 Each measurement is a fresh process running `minillm.training.train` for `--steps` steps of the
-default model on random tokens (the same `TrainConfig` defaults as `minillm train`); `chooser`
-is the loop as shipped, `all threads` replaces the chooser with an inactive one (every step on all
-cores, as before the chooser existed). `--busy N` starts N background processes that each keep one
+default model (the `TrainConfig` defaults of `minillm train`) on `minillm.testing.write_shards`
+tokens in its vocabulary; `chooser` is the loop as shipped, `all threads` replaces the chooser with
+an inactive one (every step on all cores, as before the chooser existed). `--busy N` starts N background processes that each keep one
 core busy with single-threaded matrix products for the whole measurement (another user's job).
 The figure is tokens per second over the run's steps (`summary.json`), median over `--rounds`
 alternated rounds.
@@ -22,22 +22,17 @@ BUSY = 'import torch; torch.set_num_threads(1); a = torch.randn(512, 512)\nwhile
 
 def worker(variant: str, steps: int) -> dict:
     "Train `steps` steps in this process; return the summary."
-    import numpy as np
     import minillm.training as tr
+    from minillm.testing import write_shards
     from minillm.tokenizer import DEFAULT_VOCAB_SIZE
     if variant == 'all threads':
         real = tr.ThreadChooser
         tr.ThreadChooser = lambda most, **kw: real(1, **kw)   # inactive: nothing to choose
+    cfg = tr.TrainConfig()
     with tempfile.TemporaryDirectory() as d:
-        rng = np.random.default_rng(0)
-        for split, n in (('train', 2_000_000), ('val', 20_000)):
-            rng.integers(0, DEFAULT_VOCAB_SIZE, n).astype(np.uint16).tofile(Path(d) / f'{split}.bin')
-        import hashlib
-        (Path(d) / 'tokenizer.model').write_bytes(b'none')
-        (Path(d) / 'meta.json').write_text(json.dumps(dict(
-            vocab_size=DEFAULT_VOCAB_SIZE, dtype='uint16', train_tokens=2_000_000, val_tokens=20_000,
-            train_bytes=6_000_000, val_bytes=60_000, tokenizer_sha256=hashlib.sha256(b'none').hexdigest(),
-            corpus_sha256='0' * 64, corpus_dir='none')))
+        # enough tokens for the steps in one epoch, in the default model's vocabulary
+        n_train = (steps + 50) * cfg.batch_size * tr.MODEL_PRESETS['default']['block_size']
+        write_shards(d, n_train=n_train, n_val=20_000, vocab_size=DEFAULT_VOCAB_SIZE)
         s = tr.train(tr.TrainConfig(data_dir=d, out_dir=str(Path(d) / 'run'), steps=steps, max_time='',
                                     eval_every=0, progress=False, device='cpu', dtype='float32'))
     return dict(tokens_per_s=s['tokens_per_s'], steps=s['steps'])

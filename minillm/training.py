@@ -4,12 +4,13 @@
 
 # %% ../nbs/05_training.ipynb #fcf9857f
 from __future__ import annotations
-import contextlib, json, math, os, re, shutil, signal, sys, time
+import contextlib, json, math, os, re, shutil, signal, statistics, sys, time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from fastcore.basics import patch
 
 from .core import (MinillmError, ExitCode, add_command, add_options,
                           config_from_args, atomic_write, ensure_free_disk,
@@ -462,8 +463,6 @@ class ThreadChooser:
             torch.set_num_threads(self.counts[self.at // self.k])
 
 # %% ../nbs/05_training.ipynb #47efeb97
-from fastcore.basics import patch
-
 @patch
 def after_step(self: ThreadChooser, seconds: float) -> str | None:
     "Take a step's time; after a probe keep the faster count (a line if changed)."
@@ -475,10 +474,10 @@ def after_step(self: ThreadChooser, seconds: float) -> str | None:
     n, timed = self.counts[self.at // self.k], self.at % self.k  # 0: warm-up step
     if timed: self.times.setdefault(n, []).append(seconds)
     self.at += 1
-    one = sorted(self.times.get(1, [1e9]))[len(self.times.get(1, [])) // 2]
-    if timed and n > 1 and seconds > 3 * one: self.at = self.probe_steps  # no doubt
+    if timed and n > 1 and seconds > 3 * statistics.median(self.times[1]):
+        self.at = self.probe_steps                   # far slower: no doubt left
     if self.at < self.probe_steps: return None
-    med = {n: sorted(t)[len(t) // 2] for n, t in self.times.items()}
+    med = {n: statistics.median(t) for n, t in self.times.items()}
     most = max(self.counts)
     best = 1 if med[1] * 1.25 < med[most] else most  # worth leaving all?
     torch.set_num_threads(best)
