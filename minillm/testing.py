@@ -64,7 +64,8 @@ TINY = dict(model='tiny', n_layer=1, n_embd=32, n_head=2, block_size=16, batch_s
 TRAIN_ARGS = [a for k, v in TINY.items() for a in (_cli_flag(k), str(v))] + ['--quiet']
 
 def write_shards(d, n_train: int = 4000, n_val: int = 600, seed: int = 0,
-                 tokenizer: bytes = b'stand-in tokenizer', vocab_size: int = 64) -> Path:
+                 tokenizer: bytes = b'stand-in tokenizer',
+                 vocab_size: int = 64) -> Path:
     """Token shards in chapter 2's format in `d`: `vocab_size` ids in a learnable
     sequence, `meta.json` and a stand-in tokenizer file."""
     d, rng = Path(d), np.random.default_rng(seed); d.mkdir(parents=True, exist_ok=True)
@@ -77,9 +78,9 @@ def write_shards(d, n_train: int = 4000, n_val: int = 600, seed: int = 0,
     ids[:n_train].tofile(d / 'train.bin')
     ids[n_train:].tofile(d / 'val.bin')
     (d / 'tokenizer.model').write_bytes(tokenizer)
-    meta = dict(vocab_size=vocab_size, dtype='uint16', train_tokens=n_train, val_tokens=n_val,
-                train_bytes=3 * n_train,
-                val_bytes=3 * n_val,
+    meta = dict(vocab_size=vocab_size, dtype='uint16', train_tokens=n_train,
+                val_tokens=n_val,
+                train_bytes=3 * n_train, val_bytes=3 * n_val,
                 tokenizer_sha256=hashlib.sha256(tokenizer).hexdigest(),
                 corpus_sha256='0' * 64,
                 corpus_dir='none')
